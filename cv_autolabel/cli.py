@@ -1,0 +1,225 @@
+"""``cv-autolabel``: the offline half of cv_autolabel, one subcommand per job.
+
+Contract shared by every subcommand: ``--help``; exit code 0 on success; on failure a single
+``error: …`` line on stderr and a non-zero exit code; ``--json`` prints one JSON object
+summarising the result as the last line of stdout. Progress bars go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+from cv_autolabel import __version__
+from cv_autolabel.config import camera_topics, load_parameters
+from cv_autolabel.errors import CvAutolabelError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line ``error: …`` contract for usage errors."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_USAGE)
+
+
+@contextmanager
+def progress_bar(total: int | None, desc: str, unit: str = "frame"):
+    """Yield an ``advance(n)`` callable drawing a tqdm bar on stderr (hidden when not a TTY)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    with tqdm(total=total, desc=desc, unit=unit, disable=None, dynamic_ncols=True,
+              file=sys.stderr) as bar:
+        yield bar.update
+
+
+def warn(message: str) -> None:
+    """Print a one-line warning on stderr."""
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON summary as the last line of stdout")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="ROS 2 parameter YAML shared with the nodes (config/autolabel.yaml)")
+
+
+def _add_topics(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--color-topic", help="colour image topic (default: from --config, "
+                        "else /camera/camera/color/image_raw)")
+    parser.add_argument("--depth-topic", help="aligned depth topic ('' for none)")
+    parser.add_argument("--info-topic", help="camera_info topic ('' for none)")
+    parser.add_argument("--slop", type=float, default=None,
+                        help="sync slop in seconds (default: config, else 0.05)")
+
+
+def _topics_from(args: argparse.Namespace) -> tuple[Any, float]:
+    params = load_parameters(args.config)
+    topics = camera_topics(params)
+    overrides = {"color": args.color_topic, "depth": args.depth_topic, "info": args.info_topic}
+    values = {k: (v or None) if v is not None else getattr(topics, k)
+              for k, v in overrides.items()}
+    if not values["color"]:
+        raise CvAutolabelError("a colour topic is required")
+    slop = args.slop if args.slop is not None else float(params.get("camera.sync_slop_s", 0.05))
+    return type(topics)(**values), slop
+
+
+# -- subcommands ------------------------------------------------------------------------------
+def cmd_sim(args: argparse.Namespace) -> dict[str, Any]:
+    """Render the synthetic bin world into a ROS 2 bag."""
+    from cv_autolabel.tools.sim.run import SimConfig, simulate  # noqa: PLC0415
+
+    config = SimConfig(
+        frames=args.frames, width=args.width, height=args.height, fps=args.fps, seed=args.seed,
+        classes=tuple(_csv(args.classes)), distractors=tuple(_csv(args.distractors)),
+        per_class=args.per_class, n_distractors=args.n_distractors, scenes=args.scenes,
+        storage=args.storage)
+    with progress_bar(args.frames, "sim") as advance:
+        summary = simulate(config, args.out, overwrite=args.overwrite, progress=advance)
+    print(f"wrote {summary['frames']} frames ({config.width}x{config.height}, "
+          f"{summary['scenes']} scene(s), {summary['picks']} pick(s)) to {args.out} "
+          f"[{config.storage}] in {summary['seconds']} s")
+    return summary
+
+
+def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
+    """Write a bag's synchronised frames as colour images, 16-bit depth PNGs and an index."""
+    from cv_autolabel.tools.extract import extract  # noqa: PLC0415
+
+    topics, slop = _topics_from(args)
+    with progress_bar(None, "extract") as advance:
+        summary = extract(args.bag, args.out, topics=topics, image_format=args.format,
+                          every=args.every, overwrite=args.overwrite, slop_s=slop,
+                          progress=advance, warn=warn)
+    if summary["rejected"]:
+        warn(f"dropped {summary['rejected']} malformed frame set(s): {summary['errors']}")
+    print(f"extracted {summary['frames']} frames from {args.bag} to {args.out} "
+          f"(index: {args.out / 'index.jsonl'})")
+    return summary
+
+
+def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    """Summarise a bag: topics, types, message counts, duration."""
+    from cv_autolabel.ros.bag import BagReader  # noqa: PLC0415
+
+    with BagReader(args.bag) as bag:
+        topics = bag.topics
+        reader = bag.reader
+        duration = reader.duration / 1e9 if reader.message_count else 0.0
+        summary = {"bag": str(args.bag), "messages": reader.message_count,
+                   "duration_s": round(duration, 3), "start_ns": reader.start_time,
+                   "topics": {t: {"type": ty, "count": n} for t, (ty, n) in topics.items()}}
+    print(f"{args.bag}: {summary['messages']} messages over {summary['duration_s']} s")
+    width = max((len(t) for t in topics), default=0)
+    for topic, (msgtype, count) in sorted(topics.items()):
+        print(f"  {topic:<{width}}  {count:>7}  {msgtype}")
+    return summary
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    """Run what exists of the pipeline on a synthetic recording and say what was done."""
+    from cv_autolabel.tools.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(args.workspace, frames=args.frames, seed=args.seed, width=args.width,
+                    height=args.height)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``cv-autolabel`` argument parser with every subcommand."""
+    from cv_autolabel.tools.sim.assets import CATALOGUE, DEFAULT_CLASSES, DEFAULT_DISTRACTORS  # noqa: PLC0415
+
+    parser = _Parser(prog="cv-autolabel", description="Offline tools of cv_autolabel: simulate, inspect and extract ROS 2 bags, "
+                     "and run the demo.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    p = sub.add_parser("sim", help="render a synthetic RGB-D bin-picking world into a ROS 2 bag",
+                       description=cmd_sim.__doc__)
+    p.add_argument("out", type=Path, metavar="OUT_BAG", help="bag directory to create")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=0, help="same seed, same bag")
+    p.add_argument("--classes", default=",".join(DEFAULT_CLASSES),
+                   help=f"target classes, comma separated, from {sorted(CATALOGUE)}")
+    p.add_argument("--distractors", default=",".join(DEFAULT_DISTRACTORS),
+                   help="distractor classes, comma separated ('' for none)")
+    p.add_argument("--per-class", type=int, default=4, help="objects of each class per pile")
+    p.add_argument("--n-distractors", type=int, default=3, help="distractors per pile")
+    p.add_argument("--scenes", type=int, default=None,
+                   help="fresh piles over the recording (default: one per 150 frames)")
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_BAG if it exists")
+    _common(p)
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("extract", help="write a bag's RGB-D frames as images + index",
+                       description=cmd_extract.__doc__)
+    p.add_argument("bag", type=Path, metavar="BAG")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--format", choices=["png", "jpg"], default="png", help="colour image format")
+    p.add_argument("--every", type=int, default=1, help="keep every N-th frame")
+    p.add_argument("--overwrite", action="store_true", help="replace files in a non-empty --out")
+    _add_topics(p)
+    _common(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("info", help="list a bag's topics, types and counts",
+                       description=cmd_info.__doc__)
+    p.add_argument("bag", type=Path, metavar="BAG")
+    _common(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="run the pipeline end to end on a synthetic recording",
+                       description=cmd_demo.__doc__)
+    p.add_argument("--workspace", type=Path, default=Path("autolabel_workspace"),
+                   help="where the demo writes (default: ./autolabel_workspace)")
+    p.add_argument("--frames", type=int, default=120)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cv-autolabel``; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], dict[str, Any]] = args.func
+    try:
+        summary = func(args)
+    except CvAutolabelError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_ERROR
+    except OSError as err:
+        where = f" {err.filename}" if err.filename else ""
+        sys.stderr.write(f"error:{where} {err.strerror or err}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return EXIT_INTERRUPTED
+    if args.json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Read the one configuration file (ROS 2 parameter YAML) shared by the nodes and the CLI.
+
+The file has the form ``node_name: {ros__parameters: {...}}``; ``/**`` applies to every node.
+Nested keys flatten to ROS dotted names (``camera.color_topic``), as ``ros2 param`` shows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cv_autolabel.errors import ConfigError
+from cv_autolabel.ros.topics import CameraTopics
+
+WILDCARD = "/**"
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_parameters(path: str | Path | None, node_name: str = WILDCARD) -> dict[str, Any]:
+    """Return the flattened parameters ``node_name`` would get from the file at ``path``.
+
+    ``/**`` entries come first and node entries override them, like rcl does. ``path=None``
+    returns an empty dict (built-in defaults apply).
+    """
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from err
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config {path} must map node names to ros__parameters")
+    params: dict[str, Any] = {}
+    for name in dict.fromkeys([WILDCARD, node_name.lstrip("/"), node_name]):
+        section = doc.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+            raise ConfigError(f"config {path}: section {name!r} has no ros__parameters mapping")
+        params.update(_flatten(section["ros__parameters"]))
+    return params
+
+
+def camera_topics(params: dict[str, Any]) -> CameraTopics:
+    """Return the camera topics configured in ``params`` (RealSense defaults otherwise)."""
+    default = CameraTopics()
+    return CameraTopics(
+        color=str(params.get("camera.color_topic", default.color)),
+        depth=params.get("camera.depth_topic", default.depth) or None,
+        info=params.get("camera.camera_info_topic", default.info) or None,
+    )

@@ -1,0 +1,36 @@
+"""The one error hierarchy of cv_autolabel.
+
+Every error the package raises on purpose derives from :class:`CvAutolabelError`, so a ROS
+callback can catch it, log it, count it and drop the frame, and the CLI can print
+``error: …`` and exit non-zero, without swallowing programming errors.
+"""
+
+from __future__ import annotations
+
+
+class CvAutolabelError(Exception):
+    """Base class of every error raised by cv_autolabel on purpose."""
+
+
+class ConfigError(CvAutolabelError):
+    """A configuration file or parameter is missing or invalid."""
+
+
+class MessageError(CvAutolabelError):
+    """A ROS message is malformed or cannot be converted."""
+
+
+class ImageEncodingError(MessageError):
+    """A ``sensor_msgs/Image`` has an unsupported encoding or inconsistent size fields."""
+
+
+class CameraInfoError(MessageError):
+    """A ``sensor_msgs/CameraInfo`` is missing or inconsistent."""
+
+
+class BagError(CvAutolabelError):
+    """A ROS 2 bag cannot be opened, read or written."""
+
+
+class SimulationError(CvAutolabelError):
+    """The synthetic world cannot be built or rendered with the given settings."""
