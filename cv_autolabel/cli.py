@@ -114,12 +114,14 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     from cv_autolabel.ros.bag import BagReader  # noqa: PLC0415
 
     with BagReader(args.bag) as bag:
-        topics = bag.topics
-        reader = bag.reader
-        duration = reader.duration / 1e9 if reader.message_count else 0.0
-        summary = {"bag": str(args.bag), "messages": reader.message_count,
-                   "duration_s": round(duration, 3), "start_ns": reader.start_time,
+        topics, stats = bag.topics, bag.summary()
+        summary = {"bag": str(args.bag), "messages": stats["messages"],
+                   "duration_s": round(stats["duration_ns"] / 1e9, 3),
+                   "start_ns": stats["start_ns"], "damaged": bag.damage is not None,
+                   "damage": bag.damage,
                    "topics": {t: {"type": ty, "count": n} for t, (ty, n) in topics.items()}}
+    if bag.damage:
+        warn(f"{args.bag}: {bag.damage}")
     print(f"{args.bag}: {summary['messages']} messages over {summary['duration_s']} s")
     width = max((len(t) for t in topics), default=0)
     for topic, (msgtype, count) in sorted(topics.items()):

@@ -1,8 +1,10 @@
 """Read and write real ROS 2 bags (sqlite3 or mcap) with rosbags, without ROS installed.
 
-Reading tolerates damage: a truncated or corrupt bag yields the messages that could be read
-and then stops, recording why in :attr:`BagReader.damage`; a bag that cannot be opened at all
-raises :class:`~cv_autolabel.errors.BagError`. Writing is atomic: the bag is built in
+Reading tolerates damage: a bag whose messages stop decoding part way yields what could be
+read and then stops, recording why in :attr:`BagReader.damage`. An mcap file cut short (the
+recorder lost power, so no summary and often no metadata.yaml) is salvaged chunk by chunk
+from its start. Anything else that cannot be opened raises
+:class:`~cv_autolabel.errors.BagError`. Writing is atomic: the bag is built in
 a hidden ``.<name>.partial`` folder and moved into place only once it is complete.
 """
 
@@ -56,6 +58,7 @@ class BagReader:
         self.damage: str | None = None
         self._typestore = typestore or default_typestore()
         self._reader: AnyReader | None = None
+        self._salvage: McapSalvage | None = None
 
     def __enter__(self) -> BagReader:
         self.open()
@@ -68,14 +71,25 @@ class BagReader:
         """Open the bag; raise BagError naming the path and the cause when it cannot."""
         if not self.path.exists():
             raise BagError(f"bag not found: {self.path}")
+        mcaps = sorted(self.path.glob("*.mcap")) if self.path.is_dir() else []
         if self.path.is_file() or not (self.path / "metadata.yaml").exists():
+            if len(mcaps) == 1:
+                self._start_salvage(mcaps[0], "no metadata.yaml (recording not closed)")
+                return
             raise BagError(f"{self.path} is not a ROS 2 bag directory (no metadata.yaml)")
         try:
             self._reader = AnyReader([self.path], default_typestore=self._typestore)
             self._reader.open()
         except _READ_ERRORS as err:
             self._reader = None
+            if len(mcaps) == 1:
+                self._start_salvage(mcaps[0], f"{type(err).__name__}: {err}")
+                return
             raise BagError(f"cannot open bag {self.path}: {err}") from err
+
+    def _start_salvage(self, mcap_file: Path, why: str) -> None:
+        self._salvage = McapSalvage(mcap_file, self._typestore)
+        self.damage = f"damaged mcap, reading what precedes the damage ({why})"
 
     def close(self) -> None:
         """Close the bag (idempotent)."""
@@ -88,31 +102,45 @@ class BagReader:
 
     @property
     def reader(self) -> AnyReader:
+        """The underlying rosbags AnyReader (not available for a salvaged mcap)."""
         if self._reader is None:
-            raise BagError(f"bag {self.path} is not open")
+            state = "damaged and read by salvage" if self._salvage else "not open"
+            raise BagError(f"bag {self.path} is {state}")
         return self._reader
 
     @property
     def topics(self) -> dict[str, tuple[str, int]]:
-        """Return ``{topic: (msgtype, message count)}`` as recorded in the metadata."""
+        """Return ``{topic: (msgtype, message count)}``."""
+        if self._salvage is not None:
+            return self._salvage.topics()
         return {name: (info.msgtype or "", info.msgcount)
                 for name, info in self.reader.topics.items()}
 
-    def connections_for(self, topics: Iterable[str] | None) -> list[Connection]:
-        """Return the connections of ``topics`` (all when None); unknown topics are an error."""
-        conns = self.reader.connections
-        if topics is None:
-            return list(conns)
-        wanted = list(topics)
-        missing = [t for t in wanted if t not in {c.topic for c in conns}]
+    def summary(self) -> dict[str, Any]:
+        """Return message count, start time and duration (ns) of what is readable."""
+        if self._salvage is not None:
+            return self._salvage.summary()
+        r = self.reader
+        return {"messages": r.message_count, "start_ns": r.start_time if r.message_count else 0,
+                "duration_ns": r.duration if r.message_count else 0}
+
+    def check_topics(self, topics: Iterable[str]) -> list[str]:
+        """Return ``topics`` as a list; raise BagError naming any the bag does not have."""
+        wanted, have = list(topics), self.topics
+        missing = [t for t in wanted if t not in have]
         if missing:
-            have = ", ".join(sorted({c.topic for c in conns})) or "none"
-            raise BagError(f"bag {self.path} has no topic(s) {missing}; it has: {have}")
-        return [c for c in conns if c.topic in wanted]
+            listing = ", ".join(sorted(have)) or "none"
+            why = f" ({self.damage})" if self.damage else ""
+            raise BagError(f"bag {self.path} has no topic(s) {missing}; it has: {listing}{why}")
+        return wanted
 
     def messages(self, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
         """Yield messages of ``topics`` in log-time order, stopping cleanly at damage."""
-        conns = self.connections_for(topics)
+        wanted = None if topics is None else set(self.check_topics(topics))
+        if self._salvage is not None:
+            yield from self._salvage.messages(wanted)
+            return
+        conns = [c for c in self.reader.connections if wanted is None or c.topic in wanted]
         raw = self.reader.messages(connections=conns)
         while True:
             try:
@@ -124,6 +152,75 @@ class BagReader:
                 self.damage = f"{type(err).__name__}: {err}"
                 return
             yield BagMessage(conn.topic, conn.msgtype, log_time, msg)
+
+
+class McapSalvage:
+    """Stream the complete chunks of an mcap file that has no (valid) summary section."""
+
+    def __init__(self, path: Path, store: Typestore) -> None:
+        self.path, self.store = path, store
+        self._scan: dict[str, Any] | None = None
+
+    def _records(self) -> Iterator[tuple[Any, Any, Any]]:
+        from mcap.exceptions import McapError  # noqa: PLC0415
+        from mcap.records import Channel, Message, Schema  # noqa: PLC0415
+        from mcap.stream_reader import StreamReader  # noqa: PLC0415
+
+        schemas: dict[int, Any] = {}
+        channels: dict[int, Any] = {}
+        with open(self.path, "rb") as fh:
+            try:
+                for rec in StreamReader(fh, skip_magic=False, emit_chunks=False).records:
+                    if isinstance(rec, Schema):
+                        schemas[rec.id] = rec
+                    elif isinstance(rec, Channel):
+                        channels[rec.id] = rec
+                    elif isinstance(rec, Message) and rec.channel_id in channels:
+                        channel = channels[rec.channel_id]
+                        yield channel, schemas.get(channel.schema_id), rec
+            except (McapError, EOFError, ValueError, OSError):
+                return  # the damaged tail: everything before it has been yielded
+
+    def _ensure_type(self, schema: Any) -> None:
+        if schema is None or schema.name in self.store.types:
+            return
+        from rosbags.typesys import get_types_from_msg  # noqa: PLC0415
+
+        if schema.encoding == "ros2msg":
+            self.store.register(get_types_from_msg(schema.data.decode(), schema.name))
+
+    def messages(self, wanted: set[str] | None) -> Iterator[BagMessage]:
+        for channel, schema, rec in self._records():
+            if wanted is not None and channel.topic not in wanted:
+                continue
+            self._ensure_type(schema)
+            msgtype = schema.name if schema else ""
+            try:
+                msg = self.store.deserialize_cdr(rec.data, msgtype)
+            except _READ_ERRORS:
+                return
+            yield BagMessage(channel.topic, msgtype, rec.log_time, msg)
+
+    def _scan_once(self) -> dict[str, Any]:
+        if self._scan is None:
+            topics: dict[str, list] = {}
+            times = []
+            for channel, schema, rec in self._records():
+                entry = topics.setdefault(channel.topic, [schema.name if schema else "", 0])
+                entry[1] += 1
+                times.append(rec.log_time)
+            self._scan = {"topics": {t: (ty, n) for t, (ty, n) in topics.items()},
+                          "times": (min(times), max(times)) if times else (0, 0),
+                          "count": len(times)}
+        return self._scan
+
+    def topics(self) -> dict[str, tuple[str, int]]:
+        return dict(self._scan_once()["topics"])
+
+    def summary(self) -> dict[str, Any]:
+        scan = self._scan_once()
+        start, end = scan["times"]
+        return {"messages": scan["count"], "start_ns": start, "duration_ns": end - start}
 
 
 class BagWriter:

@@ -71,7 +71,7 @@ def extract(bag_path: Path, out: Path, *, topics: CameraTopics = CameraTopics(),
         raise CvAutolabelError("--every must be at least 1")
     stats, started = FrameStats(), time.perf_counter()
     with BagReader(bag_path) as bag:
-        bag.connections_for(topics.names())  # fail on a wrong topic before touching `out`
+        bag.check_topics(topics.names())  # fail on a wrong topic before touching `out`
         _prepare_out(out, overwrite)
         written = _write_frames(bag, out, topics, image_format, every, slop_s, stats, progress)
         damage = bag.damage
