@@ -1,0 +1,104 @@
+"""The ``cv-autolabel`` contract: --help, exit codes, one-line errors, --json last line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cv_autolabel.cli import build_parser, main
+
+SUBCOMMANDS = ["sim", "extract", "info", "demo"]
+
+
+def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help_and_json(command: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "cv_autolabel.cli", command, "--help"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert "--json" in result.stdout
+
+
+def test_parser_lists_every_subcommand() -> None:
+    help_text = build_parser().format_help()
+    assert all(c in help_text for c in SUBCOMMANDS)
+
+
+def test_sim_then_info_then_extract_json_is_last_line(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    bag = tmp_path / "bag"
+    code, out, _ = _run(capsys, "sim", str(bag), "--frames", "3", "--width", "64",
+                        "--height", "48", "--storage", "sqlite3", "--json")
+    assert code == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["frames"] == 3 and summary["storage"] == "sqlite3"
+    code, out, _ = _run(capsys, "info", str(bag), "--json")
+    info = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and info["topics"]["/camera/camera/color/image_raw"]["count"] == 3
+    code, out, _ = _run(capsys, "extract", str(bag), "--out", str(tmp_path / "x"), "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["frames"] == 3
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), [
+    (["info", "/definitely/missing"], 1, "error: bag not found"),
+    (["extract", "/definitely/missing", "--out", "OUT"], 1, "error: bag not found"),
+    (["sim", "OUT", "--classes", "purple_can"], 1, "error: unknown class"),
+    (["sim", "OUT", "--frames", "0"], 1, "error: --frames must be at least 1"),
+    (["extract", "BAG"], 2, "error: the following arguments are required: --out"),
+    (["sim", "OUT", "--storage", "zip"], 2, "error: argument --storage"),
+    (["nonsense"], 2, "error: argument COMMAND"),
+])
+def test_failures_are_one_error_line_and_non_zero(tmp_path: Path, argv: list[str], code: int,
+                                                  message: str) -> None:
+    argv = [a.replace("OUT", str(tmp_path / "o")).replace("BAG", str(tmp_path / "b"))
+            for a in argv]
+    result = subprocess.run([sys.executable, "-m", "cv_autolabel.cli", *argv, "--json"],
+                            capture_output=True, text=True, check=False,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == code
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert result.stdout.strip() == ""  # no JSON summary for a failure
+
+
+def test_config_file_topics_are_used(tmp_path: Path, sim_bag: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("/**:\n  ros__parameters:\n    camera:\n      color_topic: /nope\n")
+    code, _, err = _run(capsys, "extract", str(sim_bag), "--out", str(tmp_path / "x"),
+                        "--config", str(config))
+    assert code == 1 and "no topic(s) ['/nope'" in err
+    code, _, _ = _run(capsys, "extract", str(sim_bag), "--out", str(tmp_path / "x"),
+                      "--config", str(config), "--color-topic",
+                      "/camera/camera/color/image_raw")
+    assert code == 0
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "cv-autolabel"
+    result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "cv-autolabel" in result.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cv_autolabel.cli", "demo", "--workspace", str(tmp_path / "ws"),
+         "--frames", "4", "--width", "96", "--height", "72", "--json"],
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["frames"] == 4
+    assert (tmp_path / "ws" / "demo" / "synthetic_bag" / "metadata.yaml").exists()
+    assert len((tmp_path / "ws" / "demo" / "frames" / "index.jsonl").read_text().splitlines()) == 4
+    assert not any("build time" in ln for ln in lines)
