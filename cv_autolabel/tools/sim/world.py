@@ -5,11 +5,9 @@ Runs headless (``pybullet.DIRECT``, CPU TinyRenderer) and is deterministic for a
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -61,25 +59,6 @@ class _Body:
     vertices: np.ndarray
 
 
-def _import_pybullet() -> Any:
-    # pybullet's C extension prints its build time on stdout at import, which would break
-    # the CLI's "JSON summary is the last stdout line" contract for anyone reading stdout.
-    import sys  # noqa: PLC0415
-
-    if "pybullet" in sys.modules:
-        return sys.modules["pybullet"]
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            import pybullet  # noqa: PLC0415
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    return pybullet
-
-
 def opengl_projection(k: CameraIntrinsics, near: float = NEAR, far: float = FAR) -> list[float]:
     """Return the column-major OpenGL projection matching ROS intrinsics ``k`` exactly.
 
@@ -116,8 +95,10 @@ class BinWorld:
     def __init__(self, classes: list[assets.ObjectClass], distractors: list[assets.ObjectClass],
                  *, per_class: int, n_distractors: int, intrinsics: CameraIntrinsics,
                  rng: np.random.Generator) -> None:
-        self.p = _import_pybullet()
-        self.client = self.p.connect(self.p.DIRECT)
+        import pybullet  # noqa: PLC0415 - only the simulator needs it (prints a banner on stderr)
+
+        self.p = pybullet
+        self.client = pybullet.connect(pybullet.DIRECT)
         if self.client < 0:
             raise SimulationError("cannot start PyBullet in DIRECT mode")
         self.classes, self.distractors = classes, distractors
