@@ -6,13 +6,14 @@ rosbags gives the matrices as numpy arrays, rclpy as numpy (fixed-size ``k r p``
 
 from __future__ import annotations
 
-import array as stdarray
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cv_autolabel.core.types import CameraIntrinsics
 from cv_autolabel.errors import CameraInfoError
+
+from cv_autolabel.ros.factory import as_sequence_field
 
 if TYPE_CHECKING:
     from cv_autolabel.ros.factory import MessageFactory
@@ -130,10 +131,5 @@ def camera_info_from_intrinsics(
         distortion_model=intr.distortion_model, k=k.reshape(-1),
         r=np.eye(3).reshape(-1), p=np.hstack([k, np.zeros((3, 1))]).reshape(-1),
     )
-    distortion = np.asarray(intr.distortion, dtype=np.float64)
-    if isinstance(msg.d, stdarray.array):
-        # rclpy keeps unbounded float sequences as array.array and rejects numpy arrays there
-        msg.d = stdarray.array("d", distortion.tolist())
-    else:
-        msg.d = distortion
+    msg.d = as_sequence_field(msg.d, np.asarray(intr.distortion, dtype=np.float64))
     return msg

@@ -13,6 +13,7 @@ sub-message), the same on both bindings.
 
 from __future__ import annotations
 
+import array as stdarray
 import importlib
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -67,6 +68,20 @@ def split_nanoseconds(nanoseconds: int) -> tuple[int, int]:
 def stamp_to_nanoseconds(stamp: Any) -> int:
     """Return integer nanoseconds of a ``builtin_interfaces/msg/Time`` (either binding)."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def as_sequence_field(template: Any, values: np.ndarray) -> Any:
+    """Return ``values`` in the container the binding uses for an unbounded numeric field.
+
+    ``template`` is the field's current (default) value. rclpy keeps such sequences as
+    ``array.array`` and rejects numpy arrays there; rosbags serialises numpy arrays only.
+    """
+    values = np.ascontiguousarray(values)
+    if isinstance(template, stdarray.array):
+        out = stdarray.array(template.typecode)
+        out.frombytes(values.astype(np.dtype(template.typecode).newbyteorder("=")).tobytes())
+        return out
+    return values
 
 
 class RosbagsMessageFactory:

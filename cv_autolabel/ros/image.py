@@ -12,7 +12,6 @@ UYVY and ``yuv422_yuy2`` (alias ``yuyv``) is packed YUYV.
 
 from __future__ import annotations
 
-import array as stdarray
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -22,6 +21,8 @@ import cv2
 import numpy as np
 
 from cv_autolabel.errors import ImageEncodingError
+
+from cv_autolabel.ros.factory import as_sequence_field
 
 if TYPE_CHECKING:
     from cv_autolabel.ros.factory import MessageFactory
@@ -284,19 +285,6 @@ def _checked_array(pixels: np.ndarray, encoding: str, info: EncodingInfo) -> np.
     return pixels
 
 
-def _in_binding_container(template: Any, values: np.ndarray) -> Any:
-    """Return ``values`` (contiguous, native) in the container the binding uses for the field.
-
-    rclpy keeps unbounded numeric sequences as ``array.array`` and rejects numpy arrays
-    there; rosbags serialises numpy arrays only.
-    """
-    if isinstance(template, stdarray.array):
-        out = stdarray.array(template.typecode)
-        out.frombytes(values.reshape(-1).view(np.uint8))
-        return out
-    return values
-
-
 def numpy_to_image(
     array: np.ndarray,
     encoding: str,
@@ -338,5 +326,5 @@ def numpy_to_image(
     msg = factory.make("sensor_msgs/msg/Image", header=header, height=pixels.shape[0],
                        width=pixels.shape[1], encoding=encoding, is_bigendian=0,
                        step=pixels.shape[1] * info.bytes_per_pixel)
-    msg.data = _in_binding_container(msg.data, wire.reshape(-1).view(np.uint8))
+    msg.data = as_sequence_field(msg.data, wire.reshape(-1).view(np.uint8))
     return msg
