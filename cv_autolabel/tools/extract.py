@@ -8,15 +8,14 @@ one line per frame with its stamp, frame_id, intrinsics and file names.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from cv_autolabel.core.fsio import depth_to_png_mm, write_image_atomic
 from cv_autolabel.core.types import Frame
 from cv_autolabel.errors import CvAutolabelError
 from cv_autolabel.ros.bag import BagReader
@@ -24,29 +23,6 @@ from cv_autolabel.ros.frames import FrameStats, iter_frames
 from cv_autolabel.ros.topics import CameraTopics
 
 IMAGE_FORMATS = ("png", "jpg")
-
-
-def depth_to_png_mm(depth_m: np.ndarray) -> np.ndarray:
-    """Return uint16 millimetres (0 = invalid) for float metres with NaN invalid.
-
-    Example:
-        >>> depth_to_png_mm(np.array([[1.2345, np.nan]], np.float32)).tolist()
-        [[1234, 0]]
-    """
-    mm = np.where(np.isfinite(depth_m), np.round(depth_m * 1000.0), 0.0)
-    return np.clip(mm, 0, 65535).astype(np.uint16)
-
-
-def write_image_atomic(path: Path, image: np.ndarray) -> None:
-    """Encode ``image`` (RGB or single channel) by extension and rename it into place."""
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    ok, buf = cv2.imencode(path.suffix, bgr)
-    if not ok:
-        raise CvAutolabelError(f"cannot encode {path.name}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.tobytes())
-    os.replace(tmp, path)
 
 
 def _frame_record(i: int, frame: Frame, color: str, depth: str | None) -> dict[str, Any]:
