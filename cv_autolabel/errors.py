@@ -34,3 +34,16 @@ class BagError(CvAutolabelError):
 
 class SimulationError(CvAutolabelError):
     """The synthetic world cannot be built or rendered with the given settings."""
+
+
+class EmbedderError(CvAutolabelError):
+    """An image embedder cannot be built, converted, loaded or fed the given input."""
+
+
+class VectorStoreError(CvAutolabelError):
+    """A vector store cannot be opened, read or written, or holds another embedding space.
+
+    Raised, among others, when a Milvus Lite store is already open in another process, when
+    a collection was created by a different embedder or dimension, and when a Milvus call
+    fails; the message names the store's URI.
+    """
