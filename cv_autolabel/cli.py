@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -129,6 +130,29 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def cmd_dedup(args: argparse.Namespace) -> dict[str, Any]:
+    """Keep the novel frames of a bag or an image folder (same engine as the dedup node)."""
+    from cv_autolabel.core.dedup import DedupSettings  # noqa: PLC0415
+    from cv_autolabel.tools.dedup import run_dedup  # noqa: PLC0415
+
+    params = load_parameters(args.config, "dedup_node")
+    base = DedupSettings.from_params(params)
+    settings = DedupSettings(**{**base.__dict__, **{
+        k: v for k, v in {"embedder": args.embedder, "weights": args.weights,
+                          "precision": args.precision, "threshold": args.threshold}.items()
+        if v is not None}})
+    topics, slop = _topics_from(args)
+    with progress_bar(None, "dedup") as advance:
+        summary = run_dedup(args.src, db=str(args.db), out=args.out, settings=settings,
+                            topics=topics, slop_s=slop, progress=advance, warn=warn)
+    if summary["rejected"]:
+        warn(f"skipped {summary['rejected']} unreadable frame(s): {summary['errors']}")
+    print(f"kept {summary['frames_kept']} of {summary['frames_in']} frames "
+          f"({summary['frames_per_second']} frames/s, {summary['embedder']}); "
+          f"{summary['stored_total']} stored in {args.db}, frames in {args.out}")
+    return summary
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run what exists of the pipeline on a synthetic recording and say what was done."""
     from cv_autolabel.tools.demo import run_demo  # noqa: PLC0415
@@ -189,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("dedup", help="keep only the novel frames of a bag or image folder",
+                       description=cmd_dedup.__doc__)
+    p.add_argument("src", type=Path, metavar="SRC", help="ROS 2 bag directory or image folder")
+    p.add_argument("--db", required=True,
+                   help="vector store: Milvus Lite file (created if missing) or server URI")
+    p.add_argument("--out", type=Path, required=True, help="directory of the kept frames")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity at or above which a frame is a duplicate (0.95)")
+    p.add_argument("--embedder", choices=["auto", "resnet50", "thumbnail"], default=None,
+                   help="auto: ResNet50 when its weights are found, else thumbnail")
+    p.add_argument("--weights", default=None, help="ResNet50 .pth file or 'imagenet'")
+    p.add_argument("--precision", choices=["int8", "fp32"], default=None)
+    _add_topics(p)
+    _common(p)
+    p.set_defaults(func=cmd_dedup)
+
     p = sub.add_parser("demo", help="run the pipeline end to end on a synthetic recording",
                        description=cmd_demo.__doc__)
     p.add_argument("--workspace", type=Path, default=Path("autolabel_workspace"),
@@ -202,9 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LevelPrefix(logging.Formatter):
+    """Format library log records like the CLI's own lines: ``warning: …``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelPrefix())
+    root = logging.getLogger("cv_autolabel")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    root.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cv-autolabel``; return the process exit code."""
     args = build_parser().parse_args(argv)
+    _setup_logging()
     func: Callable[[argparse.Namespace], dict[str, Any]] = args.func
     try:
         summary = func(args)

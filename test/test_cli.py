@@ -12,7 +12,7 @@ import pytest
 
 from cv_autolabel.cli import build_parser, main
 
-SUBCOMMANDS = ["sim", "extract", "info", "demo"]
+SUBCOMMANDS = ["sim", "extract", "info", "dedup", "demo"]
 
 
 def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -102,3 +102,45 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "ws" / "demo" / "synthetic_bag" / "metadata.yaml").exists()
     assert len((tmp_path / "ws" / "demo" / "frames" / "index.jsonl").read_text().splitlines()) == 4
     assert not any("build time" in ln for ln in lines)
+
+
+def test_dedup_cli_on_a_bag_and_an_image_folder(tmp_path: Path, sim_bag: Path) -> None:
+    import cv2
+    import numpy as np
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cv_autolabel.cli", "dedup", *argv,
+                               "--embedder", "thumbnail", "--json"],
+                              capture_output=True, text=True, check=False)
+
+    result = run(str(sim_bag), "--db", str(tmp_path / "a.db"), "--out", str(tmp_path / "a"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["frames_in"] == 16 and 0 < summary["frames_kept"] < 16
+    assert summary["frames_per_second"] > 0
+    again = json.loads(run(str(sim_bag), "--db", str(tmp_path / "a.db"), "--out",
+                           str(tmp_path / "a")).stdout.strip().splitlines()[-1])
+    assert again["frames_kept"] == 0 and again["stored_total"] == summary["frames_kept"]
+
+    images = tmp_path / "images" / "sub"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 255, (48, 64, 3), np.uint8))
+    cv2.imwrite(str(images / "3.jpg"), cv2.imread(str(images / "0.png")))  # a duplicate
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    result = run(str(tmp_path / "images"), "--db", str(tmp_path / "b.db"), "--out",
+                 str(tmp_path / "b"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["frames_in"], summary["frames_kept"], summary["rejected"]) == (4, 3, 1)
+    assert "skipped unreadable image" in result.stderr
+
+
+def test_dedup_cli_errors(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "cv_autolabel.cli", "dedup",
+                             str(tmp_path / "missing"), "--db", str(tmp_path / "x.db"),
+                             "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: source not found")

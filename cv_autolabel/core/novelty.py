@@ -78,7 +78,9 @@ class NoveltyIndex:
 
     def query(self, vector: np.ndarray, threshold: float | None = None) -> Match:
         """Return the best match of a unit ``vector`` (dim,) against everything stored."""
-        t = self.threshold if threshold is None else float(threshold)
+        # Compare in float32, the precision embeddings live in: a similarity that equals the
+        # threshold must count as "at" it, not fall just short after rounding.
+        t = np.float32(self.threshold if threshold is None else threshold)
         v = self._checked(vector)
         if self._n == 0:
             return Match(-1.0, None, False, 0)
@@ -91,8 +93,8 @@ class NoveltyIndex:
                 return Match(float(bound.max()), None, False, 0)
         sims = self._full[rows] @ v
         best = int(np.argmax(sims))
-        sim = float(sims[best])
-        return Match(sim, int(self._ids[rows[best]]), sim >= t, int(rows.size))
+        return Match(float(sims[best]), int(self._ids[rows[best]]), bool(sims[best] >= t),
+                     int(rows.size))
 
     def add(self, ids: int | np.ndarray, vectors: np.ndarray) -> None:
         """Store unit ``vectors`` (N, dim) (or one (dim,)) under ``ids`` without checking them."""

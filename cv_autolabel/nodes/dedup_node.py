@@ -1,0 +1,153 @@
+"""``dedup_node``: keep only novel camera frames (thin rclpy shell over DedupComponent).
+
+Subscribes (relative names, remapped in the launch file):
+    ``color/image_raw`` (sensor_msgs/Image), and with ``use_depth``:
+    ``depth/image_raw`` (aligned depth) and ``color/camera_info``, paired by
+    message_filters.ApproximateTimeSynchronizer (sensor-data QoS).
+Publishes:
+    ``novel/color/image_raw``, ``novel/depth/image_raw``, ``novel/color/camera_info``: the
+    original messages of every novel frame, once it is durably stored;
+    ``~/statistics`` (std_msgs/String, JSON) every ``statistics_period_s``.
+
+The subscription callback only enqueues into a drop-oldest queue; a worker thread embeds,
+decides and hands novel frames to the persister, so the executor never blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import message_filters
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
+
+from cv_autolabel.components.dedup import (
+    NOVEL_COLOR, NOVEL_DEPTH, NOVEL_INFO, DedupComponent,
+)
+from cv_autolabel.core.dedup import DedupSettings, open_deduplicator
+from cv_autolabel.core.workqueue import DropOldestQueue
+from cv_autolabel.ros.factory import RclpyMessageFactory
+
+_PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
+    "data_dir": ("~/cv_autolabel_data", ParameterDescriptor(
+        description="Root directory of stored frames and the Milvus Lite file")),
+    "dedup.db_uri": ("", ParameterDescriptor(
+        description="Milvus Lite file or http(s):// Milvus server; empty: data_dir/dedup/milvus.db")),
+    "dedup.collection": ("frames", ParameterDescriptor(description="Milvus collection")),
+    "dedup.embedder": ("auto", ParameterDescriptor(
+        description="resnet50 | thumbnail | auto (resnet50 when weights are found)")),
+    "dedup.weights": ("imagenet", ParameterDescriptor(
+        description="ResNet50 weights: .pth path or 'imagenet' (torchvision cache)")),
+    "dedup.precision": ("int8", ParameterDescriptor(description="OpenVINO precision: int8 | fp32")),
+    "dedup.threshold": (0.95, ParameterDescriptor(
+        description="Cosine similarity at or above which a frame is a duplicate",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)])),
+    "use_depth": (True, ParameterDescriptor(
+        description="Subscribe to aligned depth and camera_info and store them too")),
+    "queue_size": (4, ParameterDescriptor(
+        description="Frame sets waiting for the worker; the oldest is dropped beyond this",
+        integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])),
+    "camera.sync_queue_size": (10, ParameterDescriptor(
+        description="ApproximateTimeSynchronizer queue size",
+        integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])),
+    "camera.sync_slop_s": (0.05, ParameterDescriptor(
+        description="ApproximateTimeSynchronizer slop (s)",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=10.0, step=0.0)])),
+    "statistics_period_s": (5.0, ParameterDescriptor(
+        description="Period of ~/statistics",
+        floating_point_range=[FloatingPointRange(from_value=0.1, to_value=3600.0, step=0.0)])),
+}
+
+
+class DedupNode(Node):
+    """The dedup stage on the robot."""
+
+    def __init__(self) -> None:
+        super().__init__("dedup_node")
+        for name, (default, descriptor) in _PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        params = {name: self.get_parameter(name).value for name in _PARAMETERS}
+        settings = DedupSettings.from_params(params)
+        reliable = QoSProfile(depth=10)
+        self._pubs = {
+            NOVEL_COLOR: self.create_publisher(Image, NOVEL_COLOR, reliable),
+            NOVEL_DEPTH: self.create_publisher(Image, NOVEL_DEPTH, reliable),
+            NOVEL_INFO: self.create_publisher(CameraInfo, NOVEL_INFO, reliable),
+        }
+        self._stats_pub = self.create_publisher(String, "~/statistics", reliable)
+        self.dedup = open_deduplicator(settings)
+        self.component = DedupComponent(self.dedup, publish=self._publish,
+                                        factory=RclpyMessageFactory(),
+                                        source=self.get_fully_qualified_name())
+        self._inbox: DropOldestQueue[tuple] = DropOldestQueue(int(params["queue_size"]))
+        self._subscribe(bool(params["use_depth"]), int(params["camera.sync_queue_size"]),
+                        float(params["camera.sync_slop_s"]))
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="dedup-worker", daemon=True)
+        self._worker.start()
+        self.create_timer(float(params["statistics_period_s"]), self._publish_statistics)
+        self.get_logger().info(
+            f"dedup: {self.dedup.embedder.name}, threshold {settings.threshold}, "
+            f"{len(self.dedup.index)} frames stored in {settings.store_uri}")
+
+    def _subscribe(self, use_depth: bool, queue_size: int, slop: float) -> None:
+        qos = qos_profile_sensor_data
+        if not use_depth:
+            self.create_subscription(Image, "color/image_raw",
+                                     lambda msg: self._inbox.put((msg, None, None)), qos)
+            return
+        subs = [message_filters.Subscriber(self, Image, "color/image_raw", qos_profile=qos),
+                message_filters.Subscriber(self, Image, "depth/image_raw", qos_profile=qos),
+                message_filters.Subscriber(self, CameraInfo, "color/camera_info",
+                                           qos_profile=qos)]
+        self._sync = message_filters.ApproximateTimeSynchronizer(subs, queue_size, slop)
+        self._sync.registerCallback(lambda c, d, i: self._inbox.put((c, d, i)))
+        self._subs = subs
+
+    def _work(self) -> None:
+        while self._running:
+            item = self._inbox.get(timeout=0.5)
+            if item is not None:
+                self.component.on_messages(*item)
+
+    def _publish(self, key: str, msg: Any) -> None:
+        self._pubs[key].publish(msg)
+
+    def _publish_statistics(self) -> None:
+        stats = self.component.statistics()
+        stats["dropped_by_worker_queue"] = self._inbox.dropped
+        self._stats_pub.publish(String(data=json.dumps(stats)))
+
+    def shutdown(self) -> None:
+        """Stop the worker, store what is queued, close the store."""
+        self._running = False
+        self._inbox.close()
+        self._worker.join(timeout=5.0)
+        self.dedup.close_all()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``ros2 run cv_autolabel dedup_node``."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = DedupNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
