@@ -30,6 +30,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cv-autolabel = cv_autolabel.cli:main",
+            "dedup_node = cv_autolabel.nodes.dedup_node:main",
         ],
     },
 )

@@ -69,8 +69,8 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
 class DedupNode(Node):
     """The dedup stage on the robot."""
 
-    def __init__(self) -> None:
-        super().__init__("dedup_node")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("dedup_node", **kwargs)
         for name, (default, descriptor) in _PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
         params = {name: self.get_parameter(name).value for name in _PARAMETERS}

@@ -1,8 +1,8 @@
 """``cv-autolabel demo``: what exists of the pipeline, end to end, on a synthetic recording.
 
-Today: the synthetic RGB-D world writes a real ROS 2 bag, the bag is inspected and its
-synchronised frames are extracted. The online stages (dedup, active learning) and the offline
-loop (flush, prepare, train, export, replay) join here as they land.
+Today: the synthetic RGB-D world writes a real ROS 2 bag, the bag is inspected, its
+synchronised frames are extracted, and the dedup stage keeps the novel ones. Active learning
+and the offline loop (flush, prepare, train, export, replay) join here as they land.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cv_autolabel.core.dedup import DedupSettings
 from cv_autolabel.ros.bag import BagReader
+from cv_autolabel.tools.dedup import run_dedup
 from cv_autolabel.tools.extract import extract
 from cv_autolabel.tools.sim.run import SimConfig, simulate
 
@@ -32,23 +34,31 @@ def run_demo(workspace: Path, *, frames: int = 120, seed: int = 0, width: int = 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     bag = run_dir / "synthetic_bag"
-    _say(f"[1/3] simulating {frames} RGB-D frames of a bin of cans (seed {seed}) ...")
+    _say(f"[1/4] simulating {frames} RGB-D frames of a bin of cans (seed {seed}) ...")
     with progress_bar(frames, "sim") as advance:
         sim = simulate(SimConfig(frames=frames, seed=seed, width=width, height=height), bag,
                        progress=advance)
     _say(f"      wrote ROS 2 bag {bag} ({sim['seconds']} s)")
-    _say("[2/3] reading it back:")
+    _say("[2/4] reading it back:")
     with BagReader(bag) as reader:
         for topic, (msgtype, count) in sorted(reader.topics.items()):
             _say(f"      {topic:<50} {count:>5}  {msgtype}")
     frames_dir = run_dir / "frames"
-    _say(f"[3/3] extracting synchronised RGB-D frames to {frames_dir} ...")
+    _say(f"[3/4] extracting synchronised RGB-D frames to {frames_dir} ...")
     with progress_bar(None, "extract") as advance:
         ext = extract(bag, frames_dir, progress=advance)
     _say(f"      {ext['frames']} colour images, {ext['frames']} 16-bit depth PNGs, index.jsonl")
+    dedup_dir = run_dir / "dedup"
+    _say(f"[4/4] keeping only novel frames (dedup, threshold 0.95) into {dedup_dir} ...")
+    with progress_bar(frames, "dedup") as advance:
+        dd = run_dedup(bag, db=str(dedup_dir / "milvus.db"), out=dedup_dir / "frames",
+                       settings=DedupSettings(data_dir=dedup_dir), progress=advance)
+    _say(f"      kept {dd['frames_kept']} of {dd['frames_in']} frames "
+         f"({dd['frames_per_second']} frames/s, embedder {dd['embedder']})")
     seconds = round(time.perf_counter() - started, 1)
     _say(f"done in {seconds} s. Next: `cv-autolabel info {bag}`, or play it on a ROS 2 machine "
          f"with `ros2 bag play {bag}`.")
     sys.stdout.flush()
     return {"workspace": str(workspace), "bag": str(bag), "frames": ext["frames"],
-            "sim": sim, "extract": ext, "seconds": seconds}
+            "frames_kept": dd["frames_kept"], "sim": sim, "extract": ext, "dedup": dd,
+            "seconds": seconds}
