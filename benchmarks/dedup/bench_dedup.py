@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -172,6 +173,16 @@ def main() -> None:
     report(rows, args.out)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def report(rows: list[dict], out: Path) -> None:
     print(f"\n{'stored':>7}  {'path':<46} {'fps':>7} {'decide p50':>11} {'decide p99':>11} "
           f"{'frame p99':>10}  vs baseline")
@@ -180,8 +191,8 @@ def report(rows: list[dict], out: Path) -> None:
         print(f"{r['stored']:>7}  {r['path']:<46} {r['fps']:>7.1f} {r['decide_p50_ms']:>9.2f}ms "
               f"{r['decide_p99_ms']:>9.2f}ms {r['frame_p99_ms']:>8.1f}ms  "
               f"{r['fps'] / base['fps']:>6.1f}x fps")
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or
-            platform.machine(), "cpus": __import__("os").cpu_count()}
+    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
+            "cpus": os.cpu_count(), "python": platform.python_version()}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\nwrote {out}")
 
