@@ -47,3 +47,7 @@ class VectorStoreError(CvAutolabelError):
     a collection was created by a different embedder or dimension, and when a Milvus call
     fails; the message names the store's URI.
     """
+
+
+class ModelError(CvAutolabelError):
+    """A model directory is missing, incomplete or fails its checksum manifest."""
