@@ -31,6 +31,7 @@ setup(
         "console_scripts": [
             "cv-autolabel = cv_autolabel.cli:main",
             "dedup_node = cv_autolabel.nodes.dedup_node:main",
+            "detector_node = cv_autolabel.nodes.detector_node:main",
         ],
     },
 )

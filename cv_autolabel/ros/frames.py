@@ -53,34 +53,46 @@ class FrameStats:
         self.errors[name] = self.errors.get(name, 0) + 1
 
 
-def iter_frames(bag: BagReader, topics: CameraTopics = CameraTopics(), *, queue_size: int = 10,
-                slop_s: float = 0.05, stats: FrameStats | None = None,
-                on_error: Callable[[CvAutolabelError, int], None] | None = None,
-                ) -> Iterator[Frame]:
-    """Yield Frames from a bag, pairing topics like ApproximateTimeSynchronizer would live.
+def iter_message_sets(bag: BagReader, topics: CameraTopics = CameraTopics(), *,
+                      queue_size: int = 10, slop_s: float = 0.05,
+                      ) -> Iterator[tuple[int, Any, Any | None, Any | None]]:
+    """Yield ``(log_time_ns, color, depth, info)`` sets paired like message_filters would.
 
-    Pairing uses each message's header stamp (as message_filters does), in recorded order.
-    A set whose messages cannot be converted is dropped, counted in ``stats`` and reported
-    to ``on_error(err, stamp_ns)``; iteration continues with the next set.
+    Pairing uses each message's header stamp (as ApproximateTimeSynchronizer does), fed in
+    recorded order; ``log_time_ns`` is when the set became complete in the recording, i.e.
+    when a live node would have received it. Absent topics give None.
     """
     names = topics.names()
-    stats = stats if stats is not None else FrameStats()
     index = {name: i for i, name in enumerate(names)}
     slots = [names.index(t) if t else None for t in (topics.color, topics.depth, topics.info)]
     sync = ApproximateTimeSync(max(2, len(names)), queue_size=queue_size, slop_s=slop_s)
     for m in bag.messages(names):
         stamp = stamp_to_nanoseconds(m.msg.header.stamp)
         matched = (m.msg,) if len(names) == 1 else sync.add(index[m.topic], stamp, m.msg)
-        if matched is None:
-            continue
+        if matched is not None:
+            color, depth, info = (None if s is None else matched[s] for s in slots)
+            yield m.log_time_ns, color, depth, info
+
+
+def iter_frames(bag: BagReader, topics: CameraTopics = CameraTopics(), *, queue_size: int = 10,
+                slop_s: float = 0.05, stats: FrameStats | None = None,
+                on_error: Callable[[CvAutolabelError, int], None] | None = None,
+                ) -> Iterator[Frame]:
+    """Yield Frames from a bag, pairing topics like ApproximateTimeSynchronizer would live.
+
+    A set whose messages cannot be converted is dropped, counted in ``stats`` and reported
+    to ``on_error(err, stamp_ns)``; iteration continues with the next set.
+    """
+    stats = stats if stats is not None else FrameStats()
+    for _, color, depth, info in iter_message_sets(bag, topics, queue_size=queue_size,
+                                                   slop_s=slop_s):
         stats.sets += 1
-        color, depth, info = (None if s is None else matched[s] for s in slots)
         try:
             frame = frame_from_messages(color, depth, info)
         except CvAutolabelError as err:
             stats.reject(err)
             if on_error:
-                on_error(err, stamp)
+                on_error(err, stamp_to_nanoseconds(color.header.stamp))
             continue
         stats.frames += 1
         yield frame

@@ -13,12 +13,14 @@ Topics (all stamped with the colour image's stamp, in the colour optical frame):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from cv_autolabel.core.instances import Instances
+from cv_autolabel.core.types import Frame
 from cv_autolabel.errors import MessageError
 from cv_autolabel.ros import topics as T
 from cv_autolabel.ros.bag import BagReader
@@ -85,3 +87,43 @@ def _stamp_ns(msg: Any) -> int:
     if hasattr(msg, "header"):
         return stamp_to_nanoseconds(msg.header.stamp)
     return int(json.loads(msg.data)["stamp_ns"])  # std_msgs/String: the JSON has the stamp
+
+
+class GroundTruthSegmenter:
+    """Instances straight from a synthetic bag's truth, looked up by the frame's stamp.
+
+    Lets the detector (fusion, outputs, picking) and the active-learning loop run without a
+    trained model. Only target classes are returned (distractors are background to a picker
+    trained on the targets) unless ``class_names`` says otherwise.
+    """
+
+    name = "groundtruth"
+
+    def __init__(self, truths: Iterable[GroundTruth],
+                 class_names: Sequence[str] | None = None) -> None:
+        self._by_stamp = {gt.stamp_ns: gt for gt in truths}
+        if class_names is None:
+            class_names = sorted({r["class"] for gt in self._by_stamp.values()
+                                  for r in gt.instances.values() if r.get("target", True)})
+        self.class_names = tuple(class_names)
+
+    def __len__(self) -> int:
+        return len(self._by_stamp)
+
+    def instances(self, stamp_ns: int) -> Instances:
+        """Return the true instances of the frame stamped ``stamp_ns``."""
+        gt = self._by_stamp.get(stamp_ns)
+        if gt is None:
+            raise MessageError(f"no ground truth recorded for stamp {stamp_ns}")
+        classes = {i: str(r["class"]) for i, r in gt.instances.items()}
+        return Instances.from_label_image(gt.labels, classes, self.class_names)
+
+    def __call__(self, frame: Frame) -> Instances:
+        return self.instances(frame.stamp_ns)
+
+    @classmethod
+    def from_bag(cls, bag: BagReader, class_names: Sequence[str] | None = None
+                 ) -> GroundTruthSegmenter:
+        """Read every frame's truth from a synthetic bag (raises BagError if it has none)."""
+        bag.check_topics([T.GT_LABELS, T.GT_INSTANCES, T.GT_OBJECTS])
+        return cls(iter_ground_truth(bag), class_names)

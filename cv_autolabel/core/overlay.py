@@ -1,0 +1,54 @@
+"""Draw instances on an image for humans: debug overlays and review aids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from cv_autolabel.core.instances import Instances
+
+#: Distinct, colour-blind-friendly RGB colours (Okabe-Ito), indexed by class id.
+PALETTE = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+           (213, 94, 0), (204, 121, 167), (120, 120, 120))
+
+
+def class_color(class_id: int) -> tuple[int, int, int]:
+    """Return the RGB colour of a class id."""
+    return PALETTE[class_id % len(PALETTE)]
+
+
+def draw_instances(rgb: np.ndarray, instances: Instances,
+                   labels: Sequence[str] | None = None, alpha: float = 0.45) -> np.ndarray:
+    """Return a copy of ``rgb`` with masks blended, outlines, boxes and one label each.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB sized like the instances' masks.
+        instances: what to draw.
+        labels: text per instance (default: "class score").
+        alpha: mask opacity.
+    """
+    out = rgb.copy()
+    if len(instances) == 0:
+        return out
+    texts = labels or [f"{n} {s:.2f}" for n, s in zip(instances.names(), instances.scores)]
+    colors = np.array([class_color(int(c)) for c in instances.class_ids], np.float32)
+    for mask, color in zip(instances.masks, colors):
+        out[mask] = (out[mask] * (1 - alpha) + color * alpha).astype(np.uint8)
+    for mask, box, color, text in zip(instances.masks, instances.boxes, colors, texts):
+        c = tuple(int(v) for v in color)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, c, 1)
+        x1, y1 = int(box[0]), int(box[1])
+        _label(out, text, (x1, max(12, y1 - 3)), c)
+    return out
+
+
+def _label(img: np.ndarray, text: str, origin: tuple[int, int], color: tuple) -> None:
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+    x, y = origin
+    cv2.rectangle(img, (x, y - h - 3), (x + w + 2, y + 2), color, -1)
+    cv2.putText(img, text, (x + 1, y - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+                cv2.LINE_AA)

@@ -1,0 +1,153 @@
+"""``detector_node``: OpenVINO YOLO segmentation fused with depth into graspable 3D objects.
+
+Subscribes (relative names, remapped in the launch file; sensor-data QoS, paired by
+message_filters.ApproximateTimeSynchronizer): ``color/image_raw``, ``depth/image_raw``
+(aligned to colour), ``color/camera_info``.
+Publishes: ``detections_3d`` (vision_msgs/Detection3DArray), ``detections_2d``
+(vision_msgs/Detection2DArray), ``markers`` (visualization_msgs/MarkerArray),
+``debug_image`` (sensor_msgs/Image), ``~/statistics`` (std_msgs/String JSON).
+Services: ``~/reload`` (std_srvs/Trigger): load the model at ``model_path`` again.
+
+Hot reload: ``model_path`` is watched (a symlink re-pointed by the export step, or a
+directory whose manifest changes); a new model is verified against its checksum manifest and
+loaded beside the running one; on failure the old model keeps running.
+The callback keeps only the newest frame set (a one-slot drop-oldest queue); a worker
+thread runs inference so the executor never blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import message_filters
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from vision_msgs.msg import Detection2DArray, Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from cv_autolabel.components.detector import (
+    DEBUG_IMAGE, DETECTIONS_2D, DETECTIONS_3D, MARKERS, DetectorComponent,
+)
+from cv_autolabel.core.model_slot import ModelSlot
+from cv_autolabel.core.segmenters import create_segmenter
+from cv_autolabel.core.workqueue import DropOldestQueue
+from cv_autolabel.ros.factory import RclpyMessageFactory
+
+_UNIT = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
+_PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
+    "model_path": ("~/cv_autolabel_data/models/current", ParameterDescriptor(
+        description="OpenVINO segmentation export directory, or a symlink to one")),
+    "require_manifest": (True, ParameterDescriptor(
+        description="Refuse models whose manifest.json checksums do not match")),
+    "watch_period_s": (2.0, ParameterDescriptor(
+        description="How often model_path is checked for a new model (0 = never)",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)])),
+    "conf": (0.25, ParameterDescriptor(description="Minimum score", floating_point_range=_UNIT)),
+    "iou": (0.7, ParameterDescriptor(description="NMS IoU", floating_point_range=_UNIT)),
+    "debug_image": (True, ParameterDescriptor(description="Publish the overlay image")),
+    "camera.sync_queue_size": (10, ParameterDescriptor(description="Sync queue size")),
+    "camera.sync_slop_s": (0.05, ParameterDescriptor(description="Sync slop (s)")),
+    "statistics_period_s": (5.0, ParameterDescriptor(description="Period of ~/statistics")),
+}
+_OUTPUTS = {DETECTIONS_3D: Detection3DArray, DETECTIONS_2D: Detection2DArray,
+            MARKERS: MarkerArray, DEBUG_IMAGE: Image}
+
+
+class DetectorNode(Node):
+    """The picking detector on the robot."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("detector_node", **kwargs)
+        for name, (default, descriptor) in _PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        p = {name: self.get_parameter(name).value for name in _PARAMETERS}
+        conf, iou = float(p["conf"]), float(p["iou"])
+        self.slot = ModelSlot(
+            Path(str(p["model_path"])).expanduser(),
+            lambda d: create_segmenter("yolo", model_dir=d, conf=conf, iou=iou),
+            require_manifest=bool(p["require_manifest"]))
+        self.component = DetectorComponent(lambda frame: self.slot.current.segment(frame.rgb),
+                                           RclpyMessageFactory(),
+                                           debug_image=bool(p["debug_image"]))
+        reliable = QoSProfile(depth=10)
+        self._pubs = {k: self.create_publisher(t, k, reliable) for k, t in _OUTPUTS.items()}
+        self._stats_pub = self.create_publisher(String, "~/statistics", reliable)
+        self.create_service(Trigger, "~/reload", self._on_reload)
+        self._inbox: DropOldestQueue[tuple] = DropOldestQueue(1)  # always the newest set
+        qos = qos_profile_sensor_data
+        self._subs = [
+            message_filters.Subscriber(self, Image, "color/image_raw", qos_profile=qos),
+            message_filters.Subscriber(self, Image, "depth/image_raw", qos_profile=qos),
+            message_filters.Subscriber(self, CameraInfo, "color/camera_info", qos_profile=qos)]
+        self._sync = message_filters.ApproximateTimeSynchronizer(
+            self._subs, int(p["camera.sync_queue_size"]), float(p["camera.sync_slop_s"]))
+        self._sync.registerCallback(lambda c, d, i: self._inbox.put((c, d, i)))
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="detector", daemon=True)
+        self._worker.start()
+        if float(p["watch_period_s"]) > 0:
+            self.create_timer(float(p["watch_period_s"]), self._watch)
+        self.create_timer(float(p["statistics_period_s"]), self._publish_statistics)
+        self.get_logger().info(f"detector: model {self.slot.model_dir}")
+
+    def _work(self) -> None:
+        while self._running:
+            item = self._inbox.get(timeout=0.5)
+            if item is None:
+                continue
+            outputs = self.component.on_messages(*item)
+            for key, msg in (outputs or {}).items():
+                self._pubs[key].publish(msg)
+
+    def _on_reload(self, request: Trigger.Request, response: Trigger.Response
+                   ) -> Trigger.Response:
+        result = self.slot.reload()
+        response.success, response.message = result.success, result.message
+        return response
+
+    def _watch(self) -> None:
+        result = self.slot.poll()
+        if result is not None:
+            log = self.get_logger().info if result.success else self.get_logger().error
+            log(f"model watch: {result.message}")
+
+    def _publish_statistics(self) -> None:
+        stats = self.component.stats.as_dict()
+        stats.update(dropped_sets=self._inbox.dropped, model=str(self.slot.model_dir),
+                     reloads=self.slot.reloads, failed_reloads=self.slot.failed_reloads)
+        self._stats_pub.publish(String(data=json.dumps(stats)))
+
+    def shutdown(self) -> None:
+        """Stop the worker thread."""
+        self._running = False
+        self._inbox.close()
+        self._worker.join(timeout=5.0)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``ros2 run cv_autolabel detector_node``."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = DetectorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
