@@ -153,6 +153,25 @@ def cmd_dedup(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the detector over a bag and write its outputs (3D/2D detections, markers,
+    debug images) to a new bag, in recorded time order."""
+    from cv_autolabel.tools.replay import replay  # noqa: PLC0415
+
+    topics, slop = _topics_from(args)
+    with progress_bar(None, "replay") as advance:
+        summary = replay(args.bag, args.out, segmenter=args.segmenter, model=args.model,
+                         topics=topics, slop_s=slop, namespace=args.namespace,
+                         storage=args.storage, overwrite=args.overwrite,
+                         debug_image=not args.no_debug_image, progress=advance, warn=warn)
+    if summary["rejected"]:
+        warn(f"dropped {sum(summary['rejected'].values())} frame set(s): {summary['rejected']}")
+    print(f"replayed {summary['sets']} frame sets with {summary['segmenter']}: "
+          f"{summary['objects']} objects ({summary['invalid_objects']} without usable depth), "
+          f"p50 {summary['latency_ms_p50']} ms/frame; wrote {args.out}")
+    return summary
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run what exists of the pipeline on a synthetic recording and say what was done."""
     from cv_autolabel.tools.demo import run_demo  # noqa: PLC0415
@@ -228,6 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_topics(p)
     _common(p)
     p.set_defaults(func=cmd_dedup)
+
+    p = sub.add_parser("replay", help="run the detector over a bag into a new bag",
+                       description=cmd_replay.__doc__)
+    p.add_argument("bag", type=Path, metavar="BAG")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT_BAG", help="bag to create")
+    p.add_argument("--model", type=Path, default=None,
+                   help="OpenVINO segmentation export directory (ultralytics format)")
+    p.add_argument("--segmenter", choices=["yolo", "gt"], default="yolo",
+                   help="yolo: --model; gt: the synthetic bag's ground-truth masks")
+    p.add_argument("--namespace", default="/detector", help="prefix of the output topics")
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    p.add_argument("--no-debug-image", action="store_true", help="skip the overlay image")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_BAG if it exists")
+    _add_topics(p)
+    _common(p)
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="run the pipeline end to end on a synthetic recording",
                        description=cmd_demo.__doc__)

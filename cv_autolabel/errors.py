@@ -36,6 +36,14 @@ class SimulationError(CvAutolabelError):
     """The synthetic world cannot be built or rendered with the given settings."""
 
 
+class FusionError(CvAutolabelError):
+    """Masks, depth and intrinsics cannot be fused into 3D objects.
+
+    Raised when the depth image is not aligned to (sized like) the masks and the colour
+    image, when it is not float metres, or when the intrinsics describe another image size.
+    """
+
+
 class EmbedderError(CvAutolabelError):
     """An image embedder cannot be built, converted, loaded or fed the given input."""
 
@@ -51,3 +59,11 @@ class VectorStoreError(CvAutolabelError):
 
 class ModelError(CvAutolabelError):
     """A model directory is missing, incomplete or fails its checksum manifest."""
+
+
+class SegmenterError(CvAutolabelError):
+    """An instance segmenter cannot be loaded or fed the given input.
+
+    Raised, among others, when a model directory is missing, incomplete or corrupt (the message
+    names the directory), and when an image is not (H, W, 3) uint8.
+    """
