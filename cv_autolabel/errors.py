@@ -67,3 +67,7 @@ class SegmenterError(CvAutolabelError):
     Raised, among others, when a model directory is missing, incomplete or corrupt (the message
     names the directory), and when an image is not (H, W, 3) uint8.
     """
+
+
+class TeacherError(CvAutolabelError):
+    """A teacher model (e.g. SAM3) cannot be created or run: missing weights, bad prompts."""
