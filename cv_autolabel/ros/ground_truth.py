@@ -100,7 +100,8 @@ class GroundTruthSegmenter:
     name = "groundtruth"
 
     def __init__(self, truths: Iterable[GroundTruth],
-                 class_names: Sequence[str] | None = None) -> None:
+                 class_names: Sequence[str] | None = None, *, keep: int | None = None) -> None:
+        self._keep = keep
         self._by_stamp = {gt.stamp_ns: gt for gt in truths}
         if class_names is None:
             class_names = sorted({r["class"] for gt in self._by_stamp.values()
@@ -109,6 +110,13 @@ class GroundTruthSegmenter:
 
     def __len__(self) -> int:
         return len(self._by_stamp)
+
+    def add(self, gt: GroundTruth) -> None:
+        """Remember one frame's truth (a live node feeds it from the truth topics)."""
+        self._by_stamp[gt.stamp_ns] = gt
+        if self._keep is not None:
+            while len(self._by_stamp) > self._keep:  # dicts keep insertion order
+                del self._by_stamp[next(iter(self._by_stamp))]
 
     def instances(self, stamp_ns: int) -> Instances:
         """Return the true instances of the frame stamped ``stamp_ns``."""
