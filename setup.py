@@ -32,6 +32,7 @@ setup(
             "cv-autolabel = cv_autolabel.cli:main",
             "dedup_node = cv_autolabel.nodes.dedup_node:main",
             "detector_node = cv_autolabel.nodes.detector_node:main",
+            "active_learning_node = cv_autolabel.nodes.active_learning_node:main",
         ],
     },
 )

@@ -8,6 +8,7 @@ summarising the result as the last line of stdout. Progress bars go to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -159,6 +160,10 @@ def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:
     from cv_autolabel.tools.replay import replay  # noqa: PLC0415
 
     topics, slop = _topics_from(args)
+    if args.active_learning:
+        return _replay_active_learning(args, topics, slop)
+    if args.out is None:
+        raise CvAutolabelError("--out OUT_BAG is required (or --active-learning --queue DIR)")
     with progress_bar(None, "replay") as advance:
         summary = replay(args.bag, args.out, segmenter=args.segmenter, model=args.model,
                          topics=topics, slop_s=slop, namespace=args.namespace,
@@ -170,6 +175,60 @@ def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:
           f"{summary['objects']} objects ({summary['invalid_objects']} without usable depth), "
           f"p50 {summary['latency_ms_p50']} ms/frame; wrote {args.out}")
     return summary
+
+
+def _replay_active_learning(args: argparse.Namespace, topics: Any, slop: float
+                            ) -> dict[str, Any]:
+    from cv_autolabel.tools.replay import replay_active_learning  # noqa: PLC0415
+
+    if args.queue is None:
+        raise CvAutolabelError("--active-learning needs --queue DIR")
+    prompts = _prompts(load_parameters(args.config, "active_learning_node"))
+    with progress_bar(None, "active learning") as advance:
+        summary = replay_active_learning(
+            args.bag, args.queue, teacher=args.teacher, teacher_weights=args.teacher_weights,
+            prompts=prompts, model=args.model, topics=topics, slop_s=slop, progress=advance,
+            warn=warn)
+    print(f"{summary['frames_in']} frames, {summary['novel']} novel, {summary['queued']} queued "
+          f"for labelling ({summary['agreed']} agreed); queue {args.queue}")
+    return summary
+
+
+def _prompts(params: dict[str, Any]) -> dict[str, list[str]] | None:
+    classes = params.get("classes")
+    if not classes:
+        return None
+    return {c: list(params.get(f"prompts.{c}") or [c.replace("_", " ")]) for c in classes}
+
+
+def cmd_flush(args: argparse.Namespace) -> dict[str, Any]:
+    """Export the queue's pending frames as a CVAT-ready COCO 1.0 zip (and mark them)."""
+    from cv_autolabel.core.annotation_queue import AnnotationQueue  # noqa: PLC0415
+    from cv_autolabel.core.coco import flush  # noqa: PLC0415
+
+    if not (args.queue / "queue.sqlite3").exists():
+        raise CvAutolabelError(f"{args.queue} is not an annotation queue (no queue.sqlite3)")
+    with AnnotationQueue(args.queue) as queue:
+        names = _csv(args.classes) if args.classes else _queue_classes(queue, args.config)
+        result = flush(queue, args.out, class_names=names, limit=args.limit)
+    summary = {k: (str(v) if isinstance(v, Path) else v)
+               for k, v in dataclasses.asdict(result).items()}
+    if result.images:
+        print(f"wrote {result.images} images with {result.annotations} annotations to "
+              f"{args.out}: import it into CVAT as 'COCO 1.0'")
+    else:
+        print("nothing pending in the queue; no zip written")
+    return summary
+
+
+def _queue_classes(queue: Any, config: Path | None) -> list[str]:
+    prompts = _prompts(load_parameters(config, "active_learning_node"))
+    if prompts:
+        return list(prompts)
+    names: list[str] = []
+    for entry in queue.pending():
+        names += [n for n in entry.teacher.class_names if n not in names]
+    return names
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -251,9 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run the detector over a bag into a new bag",
                        description=cmd_replay.__doc__)
     p.add_argument("bag", type=Path, metavar="BAG")
-    p.add_argument("--out", type=Path, required=True, metavar="OUT_BAG", help="bag to create")
+    p.add_argument("--out", type=Path, default=None, metavar="OUT_BAG", help="bag to create")
     p.add_argument("--model", type=Path, default=None,
-                   help="OpenVINO segmentation export directory (ultralytics format)")
+                   help="OpenVINO segmentation export directory (ultralytics format); with "
+                        "--active-learning the student")
+    p.add_argument("--active-learning", action="store_true",
+                   help="run dedup -> active learning and queue disagreements in --queue")
+    p.add_argument("--queue", type=Path, default=None, help="annotation queue directory")
+    p.add_argument("--teacher", choices=["groundtruth", "sam3"], default="groundtruth")
+    p.add_argument("--teacher-weights", type=Path, default=None, help="sam3.pt")
     p.add_argument("--segmenter", choices=["yolo", "gt"], default="yolo",
                    help="yolo: --model; gt: the synthetic bag's ground-truth masks")
     p.add_argument("--namespace", default="/detector", help="prefix of the output topics")
@@ -263,6 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_topics(p)
     _common(p)
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("flush", help="export the annotation queue as a CVAT COCO 1.0 zip",
+                       description=cmd_flush.__doc__)
+    p.add_argument("--queue", type=Path, required=True, help="annotation queue directory")
+    p.add_argument("--out", type=Path, required=True, metavar="ZIP", help="zip to write")
+    p.add_argument("--classes", default=None,
+                   help="category order, comma separated (default: config, else the queue's)")
+    p.add_argument("--limit", type=int, default=None, help="export at most N frames")
+    _common(p)
+    p.set_defaults(func=cmd_flush)
 
     p = sub.add_parser("demo", help="run the pipeline end to end on a synthetic recording",
                        description=cmd_demo.__doc__)

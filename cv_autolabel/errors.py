@@ -71,3 +71,21 @@ class SegmenterError(CvAutolabelError):
 
 class TeacherError(CvAutolabelError):
     """A teacher model (e.g. SAM3) cannot be created or run: missing weights, bad prompts."""
+
+
+class QueueError(CvAutolabelError):
+    """The annotation queue cannot be opened, read or written, or was given invalid input.
+
+    Raised, among others, when the SQLite database is locked or corrupt (the message names
+    it), when the queue is used after ``close()``, and when an entry's instances do not match
+    its frame's size or its reasons are not JSON-serialisable.
+    """
+
+
+class CocoError(CvAutolabelError):
+    """A COCO dataset cannot be built, validated, written or read.
+
+    Raised when a built dataset fails its pycocotools round trip (a mask does not decode back
+    to its source), when the target zip already exists, and when a zip lacks its annotation
+    file or an image it lists.
+    """

@@ -18,7 +18,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-NODES = ("dedup_node", "detector_node")
+NODES = ("dedup_node", "detector_node", "active_learning_node")
 
 
 def generate_launch_description() -> LaunchDescription:

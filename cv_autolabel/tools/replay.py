@@ -72,3 +72,64 @@ def replay(bag_path: Path, out: Path, *, segmenter: str = "yolo", model: Path | 
     stats = component.stats.as_dict()
     return {"bag": str(bag_path), "out": str(out), "segmenter": what, **stats,
             "messages": counts, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def replay_active_learning(bag_path: Path, queue_dir: Path, *, teacher: str = "groundtruth",
+                           teacher_weights: Path | None = None,
+                           prompts: dict[str, list[str]] | None = None,
+                           model: Path | None = None, topics: CameraTopics = CameraTopics(),
+                           slop_s: float = 0.05, dedup_threshold: float = 0.95,
+                           progress: Callable[[int], None] | None = None,
+                           warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run dedup -> active learning over a bag, queueing disagreements in ``queue_dir``.
+
+    The dedup store lives in ``queue_dir/dedup`` so replaying the same bag again finds every
+    frame already seen. Without ``model`` there is no student yet: every teacher object
+    counts as missed, so every novel frame with objects is queued.
+    """
+    from cv_autolabel.components.active_learning import ActiveLearningComponent  # noqa: PLC0415
+    from cv_autolabel.core.annotation_queue import AnnotationQueue  # noqa: PLC0415
+    from cv_autolabel.core.dedup import DedupSettings, open_deduplicator  # noqa: PLC0415
+    from cv_autolabel.ros.frames import FrameStats, iter_frames  # noqa: PLC0415
+
+    teach, class_names = _teacher(teacher, bag_path, teacher_weights, prompts)
+    student = make_segment_fn("yolo", model=model, bag=bag_path)[0] if model else None
+    started, stats = time.perf_counter(), FrameStats()
+    dedup = open_deduplicator(DedupSettings(data_dir=queue_dir, threshold=dedup_threshold))
+    try:
+        with AnnotationQueue(queue_dir) as queue, BagReader(bag_path) as reader:
+            al = ActiveLearningComponent(teach, student, queue, class_names,
+                                         source=str(bag_path))
+            for frame in iter_frames(reader, topics, slop_s=slop_s, stats=stats):
+                if dedup.process(frame, source=str(bag_path)).novel:
+                    al.process(frame)
+                if progress:
+                    progress(1)
+            damage, summary = reader.damage, al.statistics()
+    finally:
+        dedup.close_all()
+    if damage and warn:
+        warn(f"bag {bag_path} is damaged; replayed the readable prefix: {damage}")
+    return {"bag": str(bag_path), "queue": str(queue_dir), "teacher": teacher,
+            "student": str(model) if model else None, "frames_in": stats.frames,
+            "novel": dedup.stats.novel, **summary,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _teacher(kind: str, bag: Path, weights: Path | None,
+             prompts: dict[str, list[str]] | None) -> tuple[Callable, tuple[str, ...]]:
+    if kind == "groundtruth":
+        with BagReader(bag) as reader:
+            truth = GroundTruthSegmenter.from_bag(reader, list(prompts) if prompts else None)
+        return truth, truth.class_names
+    if kind == "sam3":
+        from cv_autolabel.core.teachers.sam3 import Sam3Teacher  # noqa: PLC0415
+
+        if weights is None:
+            raise CvAutolabelError("--teacher sam3 needs --teacher-weights PATH to sam3.pt")
+        if not prompts:
+            raise CvAutolabelError("--teacher sam3 needs class prompts (active_learning.prompts "
+                                   "in --config)")
+        t = Sam3Teacher(weights, prompts)
+        return t, t.class_names
+    raise CvAutolabelError(f"unknown teacher {kind!r}; use groundtruth or sam3")

@@ -1,0 +1,166 @@
+"""Active learning over ROS messages: teacher vs student, queue the frames they disagree on.
+
+In: the dedup node's novel frames (colour, optional aligned depth and camera_info). For each
+frame the teacher (SAM3, or the synthetic ground truth) and the student (the YOLO runtime;
+none before the first model, so every teacher object counts as missed) segment it; frames
+whose disagreement score reaches the threshold go to the crash-safe annotation queue with
+both predictions and the reasons, the others are counted and skipped. ``flush`` writes the
+pending frames as a CVAT-ready COCO zip.
+
+The same component serves the rclpy node and ``cv-autolabel replay --active-learning``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cv_autolabel.core.annotation_queue import AnnotationQueue
+from cv_autolabel.core.coco import FlushResult, flush
+from cv_autolabel.core.disagreement import Disagreement, DisagreementConfig, compare
+from cv_autolabel.core.instances import Instances
+from cv_autolabel.core.types import Frame
+from cv_autolabel.errors import CvAutolabelError
+from cv_autolabel.ros.factory import MessageFactory
+from cv_autolabel.ros.frames import frame_from_messages
+
+log = logging.getLogger(__name__)
+
+SegmentFn = Callable[[Frame], Instances]
+
+
+@dataclass
+class ActiveLearningStats:
+    """Counters the node publishes and the replay summarises."""
+
+    frames: int = 0
+    queued: int = 0
+    agreed: int = 0
+    rejected_by_queue: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    scores: list[float] = field(default_factory=list)
+    teacher_ms: list[float] = field(default_factory=list)
+    student_ms: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        def p50(values: list[float]) -> float:
+            return round(float(np.median(values)), 2) if values else 0.0
+
+        return {"frames": self.frames, "queued": self.queued, "agreed": self.agreed,
+                "rejected_by_queue": self.rejected_by_queue, "errors": dict(self.errors),
+                "reasons": dict(self.reasons),
+                "disagreement_rate": round(self.queued / self.frames, 4) if self.frames else 0.0,
+                "mean_score": round(float(np.mean(self.scores)), 4) if self.scores else 0.0,
+                "teacher_ms_p50": p50(self.teacher_ms), "student_ms_p50": p50(self.student_ms)}
+
+
+class ActiveLearningComponent:
+    """Run teacher and student on a frame and queue it when they disagree.
+
+    Args:
+        teacher: frame -> the teacher's instances over ``class_names``.
+        student: frame -> the student's instances, or None before there is a model.
+        queue: the crash-safe annotation queue.
+        class_names: the configured classes (COCO category order on flush).
+        config: disagreement thresholds.
+        source: recorded with every queued frame.
+    """
+
+    def __init__(self, teacher: SegmentFn, student: SegmentFn | None, queue: AnnotationQueue,
+                 class_names: tuple[str, ...], *,
+                 config: DisagreementConfig = DisagreementConfig(), source: str = "") -> None:
+        self.teacher, self.student, self.queue = teacher, student, queue
+        self.class_names, self.config, self.source = tuple(class_names), config, source
+        self.stats = ActiveLearningStats()
+        self._lock = threading.Lock()
+
+    def on_messages(self, color: Any, depth: Any | None = None,
+                    info: Any | None = None) -> Disagreement | None:
+        """Judge one novel frame; None if its messages are malformed (counted)."""
+        try:
+            frame = frame_from_messages(color, depth, info)
+        except CvAutolabelError as err:
+            self._error(err)
+            return None
+        return self.process(frame)
+
+    def process(self, frame: Frame) -> Disagreement | None:
+        """Judge one frame: teacher, student, compare, queue if they disagree."""
+        try:
+            t0 = time.perf_counter()
+            teacher = self.teacher(frame)
+            t1 = time.perf_counter()
+            student = (self.student(frame) if self.student is not None
+                       else Instances.empty(*frame.rgb.shape[:2], self.class_names))
+            t2 = time.perf_counter()
+            result = compare(student, teacher, self.config)
+            entry = (self.queue.enqueue(frame, teacher=result.teacher, student=student,
+                                        score=result.score, reasons=_reasons(result),
+                                        source=self.source) if result.queued else None)
+        except CvAutolabelError as err:
+            self._error(err)
+            return None
+        self._count(result, entry, (t1 - t0) * 1000, (t2 - t1) * 1000)
+        return result
+
+    def _count(self, result: Disagreement, entry: int | None, teacher_ms: float,
+               student_ms: float) -> None:
+        with self._lock:
+            s = self.stats
+            s.frames += 1
+            s.queued += entry is not None
+            s.agreed += not result.queued
+            s.rejected_by_queue += result.queued and entry is None
+            for kind, n in result.counts.items():
+                s.reasons[kind] = s.reasons.get(kind, 0) + n
+            s.scores.append(result.score)
+            s.teacher_ms.append(teacher_ms)
+            s.student_ms.append(student_ms)
+            for values in (s.scores, s.teacher_ms, s.student_ms):
+                if len(values) > 4000:
+                    del values[:2000]
+
+    def _error(self, err: CvAutolabelError) -> None:
+        log.warning("active learning: dropped a frame: %s", err)
+        with self._lock:
+            name = type(err).__name__
+            self.stats.errors[name] = self.stats.errors.get(name, 0) + 1
+
+    def flush(self, out_dir: Path, *, limit: int | None = None) -> FlushResult:
+        """Write the pending frames to a new COCO zip in ``out_dir`` (the ``~/flush`` service)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = time.strftime("batch_%Y%m%d_%H%M%S")
+        out_zip = out_dir / f"{name}.zip"
+        n = 1
+        while out_zip.exists():
+            n += 1
+            out_zip = out_dir / f"{name}_{n}.zip"
+        return flush(self.queue, out_zip, class_names=self.class_names, limit=limit)
+
+    def statistics(self) -> dict[str, Any]:
+        """Return counters plus the queue's own statistics."""
+        with self._lock:
+            stats = self.stats.as_dict()
+        queue = self.queue.stats()
+        stats["queue_stats"] = (dataclasses.asdict(queue) if dataclasses.is_dataclass(queue)
+                                else queue)
+        return stats
+
+    def statistics_message(self, factory: MessageFactory) -> Any:
+        """Return the statistics as a ``std_msgs/String`` JSON message."""
+        return factory.make("std_msgs/msg/String", data=json.dumps(self.statistics(),
+                                                                   default=str))
+
+
+def _reasons(result: Disagreement) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(r) for r in result.reasons]

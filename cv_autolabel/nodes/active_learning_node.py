@@ -1,0 +1,183 @@
+"""``active_learning_node``: queue the novel frames where the student and the teacher disagree.
+
+Subscribes (relative; the dedup node in the same namespace publishes them):
+``novel/color/image_raw``, ``novel/depth/image_raw``, ``novel/color/camera_info``, paired
+exactly by stamp (ApproximateTimeSynchronizer, reliable QoS). With ``teacher: groundtruth``
+also the synthetic bag's ``/sim/ground_truth/instance_labels`` and ``/instances``.
+Publishes ``~/statistics`` (std_msgs/String JSON). Serves ``~/flush`` (std_srvs/Trigger):
+write the pending frames to a CVAT-ready COCO zip in ``export_dir``.
+
+The teacher is slow on a CPU: callbacks only enqueue into a bounded drop-oldest queue
+(``queue_size``) and one worker thread runs teacher, student and the queue, so the executor
+never blocks and memory never grows; dropped frames are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import message_filters
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from cv_autolabel.components.active_learning import ActiveLearningComponent
+from cv_autolabel.core.annotation_queue import AnnotationQueue
+from cv_autolabel.core.disagreement import DisagreementConfig
+from cv_autolabel.core.model_slot import ModelSlot
+from cv_autolabel.core.workqueue import DropOldestQueue
+from cv_autolabel.ros import topics as T
+from cv_autolabel.ros.ground_truth import GroundTruth, GroundTruthSegmenter
+
+_P = ParameterDescriptor
+_PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
+    "data_dir": ("~/cv_autolabel_data", _P(description="Root of queue/ and exports/")),
+    "classes": (["red_can", "blue_can"], _P(description="Class names, in category order")),
+    "teacher": ("sam3", _P(description="sam3 | groundtruth (synthetic bags)")),
+    "teacher_weights": ("~/cv_autolabel_data/models/sam3.pt", _P(description="sam3.pt")),
+    "student_model": ("~/cv_autolabel_data/models/current", _P(
+        description="OpenVINO export of the student; missing = no student yet")),
+    "disagreement.threshold": (0.25, _P(description="Queue a frame at or above this score",
+                               floating_point_range=[FloatingPointRange(
+                                   from_value=0.0, to_value=1.0, step=0.0)])),
+    "max_entries": (5000, _P(description="Queue bound (lowest-score pending entry dropped)",
+                             integer_range=[IntegerRange(from_value=1, to_value=10**7,
+                                                         step=1)])),
+    "queue_size": (8, _P(description="Novel frames waiting for the teacher; oldest dropped")),
+    "statistics_period_s": (5.0, _P(description="Period of ~/statistics")),
+}
+
+
+class ActiveLearningNode(Node):
+    """Teacher vs student on novel frames; flush to CVAT on request."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("active_learning_node", **kwargs)
+        for name, (default, descriptor) in _PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        p = {name: self.get_parameter(name).value for name in _PARAMETERS}
+        classes = tuple(p["classes"])
+        for c in classes:  # one prompt list per configured class
+            self.declare_parameter(f"prompts.{c}", [c.replace("_", " ")],
+                                   _P(description=f"SAM3 text prompts for {c}"))
+        data = Path(str(p["data_dir"])).expanduser()
+        self.export_dir = data / "exports"
+        self.queue = AnnotationQueue(data / "queue", max_entries=int(p["max_entries"]))
+        self.component = ActiveLearningComponent(
+            self._teacher(str(p["teacher"]), Path(str(p["teacher_weights"])).expanduser(),
+                          classes),
+            self._student(Path(str(p["student_model"])).expanduser()), self.queue, classes,
+            config=DisagreementConfig(threshold=float(p["disagreement.threshold"])),
+            source=self.get_fully_qualified_name())
+        self._inbox: DropOldestQueue[tuple] = DropOldestQueue(int(p["queue_size"]))
+        qos = QoSProfile(depth=10)
+        subs = [message_filters.Subscriber(self, Image, "novel/color/image_raw", qos_profile=qos),
+                message_filters.Subscriber(self, Image, "novel/depth/image_raw", qos_profile=qos),
+                message_filters.Subscriber(self, CameraInfo, "novel/color/camera_info",
+                                           qos_profile=qos)]
+        self._sync = message_filters.ApproximateTimeSynchronizer(subs, 10, 0.001)
+        self._sync.registerCallback(lambda c, d, i: self._inbox.put((c, d, i)))
+        self._subs = subs
+        self._stats_pub = self.create_publisher(String, "~/statistics", qos)
+        self.create_service(Trigger, "~/flush", self._on_flush)
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="active-learning", daemon=True)
+        self._worker.start()
+        self.create_timer(float(p["statistics_period_s"]), self._publish_statistics)
+
+    def _teacher(self, kind: str, weights: Path, classes: tuple[str, ...]) -> Any:
+        if kind == "groundtruth":
+            # Truth arrives as a label image and a JSON string stamped alike; pair them here.
+            truth = GroundTruthSegmenter([], classes, keep=300)
+            self._truth_labels: dict[int, Any] = {}
+            self.create_subscription(Image, T.GT_LABELS, self._on_truth_labels, 50)
+            self.create_subscription(String, T.GT_INSTANCES,
+                                     lambda m: self._add_truth(truth, m), 50)
+            return truth
+        from cv_autolabel.core.teachers.sam3 import Sam3Teacher  # noqa: PLC0415
+
+        prompts = {c: list(self.get_parameter(f"prompts.{c}").value) for c in classes}
+        return Sam3Teacher(weights, prompts)
+
+    def _on_truth_labels(self, msg: Image) -> None:
+        self._truth_labels[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = msg
+
+    def _add_truth(self, truth: GroundTruthSegmenter, msg: String) -> None:
+        from cv_autolabel.ros.image import image_to_numpy  # noqa: PLC0415
+
+        doc = json.loads(msg.data)
+        labels = self._truth_labels.pop(int(doc["stamp_ns"]), None)
+        if labels is not None:
+            visible = {int(r["id"]): r for r in doc["instances"]}
+            truth.add(GroundTruth(int(doc["stamp_ns"]), image_to_numpy(labels), visible, {}))
+        while len(self._truth_labels) > 100:
+            del self._truth_labels[next(iter(self._truth_labels))]
+
+    def _student(self, path: Path) -> Any:
+        if not path.exists():
+            self.get_logger().warning(f"no student model at {path} yet: every teacher object "
+                                      "counts as missed")
+            return None
+        from cv_autolabel.core.segmenters import create_segmenter  # noqa: PLC0415
+
+        slot = ModelSlot(path, lambda d: create_segmenter("yolo", model_dir=d))
+        self._student_slot = slot
+        return lambda frame: slot.current.segment(frame.rgb)
+
+    def _work(self) -> None:
+        while self._running:
+            item = self._inbox.get(timeout=0.5)
+            if item is not None:
+                self.component.on_messages(*item)
+
+    def _on_flush(self, request: Trigger.Request, response: Trigger.Response
+                  ) -> Trigger.Response:
+        try:
+            result = self.component.flush(self.export_dir)
+        except Exception as err:  # noqa: BLE001 - a failed flush must answer, not crash
+            response.success, response.message = False, f"flush failed: {err}"
+            return response
+        response.success = True
+        response.message = (f"wrote {result.images} frames, {result.annotations} annotations "
+                            f"to {result.zip_path}" if result.images else "nothing pending")
+        return response
+
+    def _publish_statistics(self) -> None:
+        stats = self.component.statistics()
+        stats["dropped_by_worker_queue"] = self._inbox.dropped
+        self._stats_pub.publish(String(data=json.dumps(stats, default=str)))
+
+    def shutdown(self) -> None:
+        """Stop the worker and close the queue."""
+        self._running = False
+        self._inbox.close()
+        self._worker.join(timeout=30.0)
+        self.queue.close()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``ros2 run cv_autolabel active_learning_node``."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ActiveLearningNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
