@@ -210,9 +210,15 @@ def cmd_flush(args: argparse.Namespace) -> dict[str, Any]:
         raise CvAutolabelError(f"{args.queue} is not an annotation queue (no queue.sqlite3)")
     with AnnotationQueue(args.queue) as queue:
         names = _csv(args.classes) if args.classes else _queue_classes(queue, args.config)
+        reviewed = 0
+        if args.review is not None:
+            from cv_autolabel.components.active_learning import write_review_images  # noqa: PLC0415
+
+            reviewed = write_review_images(queue, args.review, limit=args.limit)
         result = flush(queue, args.out, class_names=names, limit=args.limit)
     summary = {k: (str(v) if isinstance(v, Path) else v)
                for k, v in dataclasses.asdict(result).items()}
+    summary["review_images"] = reviewed
     if result.images:
         print(f"wrote {result.images} images with {result.annotations} annotations to "
               f"{args.out}: import it into CVAT as 'COCO 1.0'")
@@ -336,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None,
                    help="category order, comma separated (default: config, else the queue's)")
     p.add_argument("--limit", type=int, default=None, help="export at most N frames")
+    p.add_argument("--review", type=Path, default=None, metavar="DIR",
+                   help="also write side-by-side student/teacher review images here")
     _common(p)
     p.set_defaults(func=cmd_flush)
 

@@ -164,3 +164,22 @@ class ActiveLearningComponent:
 
 def _reasons(result: Disagreement) -> list[dict[str, Any]]:
     return [dataclasses.asdict(r) for r in result.reasons]
+
+
+def write_review_images(queue: AnnotationQueue, out_dir: Path, *,
+                        limit: int | None = None) -> int:
+    """Write a side-by-side review image (student | teacher + reasons) per pending entry.
+
+    Returns the number written: ``<out_dir>/<entry id>.jpg``.
+    """
+    from cv_autolabel.core.fsio import write_image_atomic  # noqa: PLC0415
+    from cv_autolabel.core.overlay import review_image  # noqa: PLC0415
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = queue.pending(limit)
+    for entry in entries:
+        details = [r.get("detail", str(r)) if isinstance(r, dict) else str(r)
+                   for r in entry.reasons]
+        image = review_image(entry.rgb(), entry.student, entry.teacher, details, entry.score)
+        write_image_atomic(out_dir / f"{entry.id:06d}.jpg", image)
+    return len(entries)

@@ -52,3 +52,38 @@ def _label(img: np.ndarray, text: str, origin: tuple[int, int], color: tuple) ->
     cv2.rectangle(img, (x, y - h - 3), (x + w + 2, y + 2), color, -1)
     cv2.putText(img, text, (x + 1, y - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
                 cv2.LINE_AA)
+
+
+def review_image(rgb: np.ndarray, student: Instances, teacher: Instances,
+                 reasons: Sequence[str], score: float) -> np.ndarray:
+    """Return a side-by-side review aid: student | teacher, with a legend and the reasons.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB frame.
+        student: the student's instances (left panel).
+        teacher: the teacher's instances (right panel).
+        reasons: one line per disagreement (``Reason.detail``).
+        score: the frame's disagreement score.
+    """
+    h, w = rgb.shape[:2]
+    left = draw_instances(rgb, student)
+    right = draw_instances(rgb, teacher)
+    for panel, title in ((left, f"student ({len(student)})"), (right, f"teacher ({len(teacher)})")):
+        _label(panel, title, (4, 16), (255, 255, 255))
+    classes = list(dict.fromkeys(teacher.class_names + student.class_names))
+    lines = [f"disagreement score {score:.2f}"] + list(reasons)[:12]
+    if len(reasons) > 12:
+        lines.append(f"... and {len(reasons) - 12} more")
+    footer = np.full((18 * (len(lines) + 1) + 8, 2 * w, 3), 255, np.uint8)
+    for i, text in enumerate(lines):
+        cv2.putText(footer, text, (6, 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    x = 6
+    for name in classes:
+        idx = teacher.class_names.index(name) if name in teacher.class_names else 0
+        cv2.rectangle(footer, (x, footer.shape[0] - 14), (x + 10, footer.shape[0] - 4),
+                      class_color(idx), -1)
+        cv2.putText(footer, name, (x + 14, footer.shape[0] - 4), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        x += 20 + 8 * len(name)
+    return np.vstack([np.hstack([left, right]), footer])

@@ -96,3 +96,18 @@ def test_replay_then_flush_gives_a_cvat_zip(tmp_path: Path, sim_bag: Path) -> No
     assert all(f"images/default/{im['file_name']}" in names for im in doc["images"])
     # Replaying the same bag again: dedup remembers every frame, nothing new is queued.
     assert replay_active_learning(sim_bag, tmp_path / "queue")["novel"] == 0
+
+
+def test_review_images_show_both_sides(tmp_path: Path, frames_and_truth) -> None:
+    import cv2
+
+    from cv_autolabel.components.active_learning import write_review_images
+
+    frames, truth = frames_and_truth
+    al = _component(tmp_path, truth, None)
+    al.process(frames[0])
+    assert write_review_images(al.queue, tmp_path / "review") == 1
+    image = cv2.imread(str(tmp_path / "review" / "000001.jpg"))
+    h, w = frames[0].rgb.shape[:2]
+    assert image.shape[1] == 2 * w and image.shape[0] > h  # two panels + the reasons
+    al.queue.close()
