@@ -113,14 +113,29 @@ class Instances:
         if result.masks is None or len(result.boxes) == 0:
             return cls.empty(h, w, names)
         masks = result.masks.data.cpu().numpy() > 0.5
-        if masks.shape[1:] != (h, w):  # ultralytics may keep masks at the letterbox size
-            import cv2  # noqa: PLC0415
-
-            masks = np.stack([cv2.resize(m.astype(np.uint8), (w, h),
-                                         interpolation=cv2.INTER_NEAREST) > 0 for m in masks])
+        if masks.shape[1:] != (h, w):  # ultralytics keeps masks at the letterbox size
+            masks = unletterbox_masks(masks, (h, w))
         return cls(masks, result.boxes.xyxy.cpu().numpy().astype(np.float32),
                    result.boxes.cls.cpu().numpy().astype(np.int32),
                    result.boxes.conf.cpu().numpy().astype(np.float32), names)
+
+
+def unletterbox_masks(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Map (N, mh, mw) masks of a centre-letterboxed input back to an (H, W) image.
+
+    The letterbox scaled the image by ``min(mh / H, mw / W)`` and padded it equally on both
+    sides; the padding is cropped before resizing, so non-square images keep their geometry.
+    """
+    import cv2  # noqa: PLC0415
+
+    h, w = shape
+    mh, mw = masks.shape[1:]
+    gain = min(mh / h, mw / w)
+    pad_y, pad_x = (mh - h * gain) / 2, (mw - w * gain) / 2
+    top, left = int(round(pad_y - 0.1)), int(round(pad_x - 0.1))
+    bottom, right = mh - int(round(pad_y + 0.1)), mw - int(round(pad_x + 0.1))
+    return np.stack([cv2.resize(m[top:bottom, left:right].astype(np.uint8), (w, h),
+                                interpolation=cv2.INTER_NEAREST) > 0 for m in masks])
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:

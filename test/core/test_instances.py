@@ -61,3 +61,15 @@ def test_mask_iou_and_boxes() -> None:
     iou = mask_iou(inst.masks, inst.masks)
     assert np.allclose(np.diag(iou), 1.0) and iou[0, 1] == 0.0
     assert masks_to_boxes(np.zeros((1, 3, 3), bool)).tolist() == [[0, 0, 0, 0]]
+
+
+def test_unletterbox_masks_crops_padding_of_non_square_images() -> None:
+    from cv_autolabel.core.instances import unletterbox_masks
+
+    # A 480x640 image letterboxed into 640x640: 80 rows of padding above and below.
+    letterboxed = np.zeros((1, 640, 640), bool)
+    letterboxed[0, 80:160, 0:64] = True  # the image's top-left 80x64 corner
+    out = unletterbox_masks(letterboxed, (480, 640))
+    assert out.shape == (1, 480, 640)
+    ys, xs = np.nonzero(out[0])
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (0, 79, 0, 63)
