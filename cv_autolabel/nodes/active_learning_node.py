@@ -15,14 +15,11 @@ never blocks and memory never grows; dropped frames are counted.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 import message_filters
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
@@ -33,7 +30,7 @@ from cv_autolabel.components.active_learning import ActiveLearningComponent
 from cv_autolabel.core.annotation_queue import AnnotationQueue
 from cv_autolabel.core.disagreement import DisagreementConfig
 from cv_autolabel.core.model_slot import ModelSlot
-from cv_autolabel.core.workqueue import DropOldestQueue
+from cv_autolabel.nodes.common import InboxWorker, run_node
 from cv_autolabel.ros import topics as T
 from cv_autolabel.ros.ground_truth import GroundTruth, GroundTruthSegmenter
 
@@ -77,20 +74,18 @@ class ActiveLearningNode(Node):
             self._student(Path(str(p["student_model"])).expanduser()), self.queue, classes,
             config=DisagreementConfig(threshold=float(p["disagreement.threshold"])),
             source=self.get_fully_qualified_name())
-        self._inbox: DropOldestQueue[tuple] = DropOldestQueue(int(p["queue_size"]))
+        self._worker = InboxWorker(int(p["queue_size"]), self.component.on_messages,
+                                   "active-learning")
         qos = QoSProfile(depth=10)
         subs = [message_filters.Subscriber(self, Image, "novel/color/image_raw", qos_profile=qos),
                 message_filters.Subscriber(self, Image, "novel/depth/image_raw", qos_profile=qos),
                 message_filters.Subscriber(self, CameraInfo, "novel/color/camera_info",
                                            qos_profile=qos)]
         self._sync = message_filters.ApproximateTimeSynchronizer(subs, 10, 0.001)
-        self._sync.registerCallback(lambda c, d, i: self._inbox.put((c, d, i)))
+        self._sync.registerCallback(self._worker.put)
         self._subs = subs
         self._stats_pub = self.create_publisher(String, "~/statistics", qos)
         self.create_service(Trigger, "~/flush", self._on_flush)
-        self._running = True
-        self._worker = threading.Thread(target=self._work, name="active-learning", daemon=True)
-        self._worker.start()
         self.create_timer(float(p["statistics_period_s"]), self._publish_statistics)
 
     def _teacher(self, kind: str, weights: Path, classes: tuple[str, ...]) -> Any:
@@ -132,12 +127,6 @@ class ActiveLearningNode(Node):
         self._student_slot = slot
         return lambda frame: slot.current.segment(frame.rgb)
 
-    def _work(self) -> None:
-        while self._running:
-            item = self._inbox.get(timeout=0.5)
-            if item is not None:
-                self.component.on_messages(*item)
-
     def _on_flush(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
         try:
@@ -152,31 +141,18 @@ class ActiveLearningNode(Node):
 
     def _publish_statistics(self) -> None:
         stats = self.component.statistics()
-        stats["dropped_by_worker_queue"] = self._inbox.dropped
+        stats["dropped_by_worker_queue"] = self._worker.dropped
         self._stats_pub.publish(String(data=json.dumps(stats, default=str)))
 
     def shutdown(self) -> None:
         """Stop the worker and close the queue."""
-        self._running = False
-        self._inbox.close()
-        self._worker.join(timeout=30.0)
+        self._worker.stop()
         self.queue.close()
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``ros2 run cv_autolabel active_learning_node``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ActiveLearningNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(ActiveLearningNode, args)
 
 
 if __name__ == "__main__":

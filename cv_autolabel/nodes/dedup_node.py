@@ -16,13 +16,10 @@ decides and hands novel frames to the persister, so the executor never blocks.
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import message_filters
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -32,7 +29,7 @@ from cv_autolabel.components.dedup import (
     NOVEL_COLOR, NOVEL_DEPTH, NOVEL_INFO, DedupComponent,
 )
 from cv_autolabel.core.dedup import DedupSettings, open_deduplicator
-from cv_autolabel.core.workqueue import DropOldestQueue
+from cv_autolabel.nodes.common import InboxWorker, run_node
 from cv_autolabel.ros.factory import RclpyMessageFactory
 
 _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
@@ -86,12 +83,10 @@ class DedupNode(Node):
         self.component = DedupComponent(self.dedup, publish=self._publish,
                                         factory=RclpyMessageFactory(),
                                         source=self.get_fully_qualified_name())
-        self._inbox: DropOldestQueue[tuple] = DropOldestQueue(int(params["queue_size"]))
+        self._worker = InboxWorker(int(params["queue_size"]), self.component.on_messages,
+                                   "dedup-worker")
         self._subscribe(bool(params["use_depth"]), int(params["camera.sync_queue_size"]),
                         float(params["camera.sync_slop_s"]))
-        self._running = True
-        self._worker = threading.Thread(target=self._work, name="dedup-worker", daemon=True)
-        self._worker.start()
         self.create_timer(float(params["statistics_period_s"]), self._publish_statistics)
         self.get_logger().info(
             f"dedup: {self.dedup.embedder.name}, threshold {settings.threshold}, "
@@ -101,52 +96,33 @@ class DedupNode(Node):
         qos = qos_profile_sensor_data
         if not use_depth:
             self.create_subscription(Image, "color/image_raw",
-                                     lambda msg: self._inbox.put((msg, None, None)), qos)
+                                     lambda msg: self._worker.put(msg, None, None), qos)
             return
         subs = [message_filters.Subscriber(self, Image, "color/image_raw", qos_profile=qos),
                 message_filters.Subscriber(self, Image, "depth/image_raw", qos_profile=qos),
                 message_filters.Subscriber(self, CameraInfo, "color/camera_info",
                                            qos_profile=qos)]
         self._sync = message_filters.ApproximateTimeSynchronizer(subs, queue_size, slop)
-        self._sync.registerCallback(lambda c, d, i: self._inbox.put((c, d, i)))
+        self._sync.registerCallback(self._worker.put)
         self._subs = subs
-
-    def _work(self) -> None:
-        while self._running:
-            item = self._inbox.get(timeout=0.5)
-            if item is not None:
-                self.component.on_messages(*item)
 
     def _publish(self, key: str, msg: Any) -> None:
         self._pubs[key].publish(msg)
 
     def _publish_statistics(self) -> None:
         stats = self.component.statistics()
-        stats["dropped_by_worker_queue"] = self._inbox.dropped
+        stats["dropped_by_worker_queue"] = self._worker.dropped
         self._stats_pub.publish(String(data=json.dumps(stats)))
 
     def shutdown(self) -> None:
         """Stop the worker, store what is queued, close the store."""
-        self._running = False
-        self._inbox.close()
-        self._worker.join(timeout=5.0)
+        self._worker.stop()
         self.dedup.close_all()
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``ros2 run cv_autolabel dedup_node``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = DedupNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(DedupNode, args)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,11 @@ thread runs inference so the executor never blocks.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 import message_filters
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -39,7 +36,7 @@ from cv_autolabel.components.detector import (
 )
 from cv_autolabel.core.model_slot import ModelSlot
 from cv_autolabel.core.segmenters import create_segmenter
-from cv_autolabel.core.workqueue import DropOldestQueue
+from cv_autolabel.nodes.common import InboxWorker, run_node
 from cv_autolabel.ros.factory import RclpyMessageFactory
 
 _UNIT = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
@@ -82,7 +79,7 @@ class DetectorNode(Node):
         self._pubs = {k: self.create_publisher(t, k, reliable) for k, t in _OUTPUTS.items()}
         self._stats_pub = self.create_publisher(String, "~/statistics", reliable)
         self.create_service(Trigger, "~/reload", self._on_reload)
-        self._inbox: DropOldestQueue[tuple] = DropOldestQueue(1)  # always the newest set
+        self._worker = InboxWorker(1, self._process, "detector")  # always the newest set
         qos = qos_profile_sensor_data
         self._subs = [
             message_filters.Subscriber(self, Image, "color/image_raw", qos_profile=qos),
@@ -90,23 +87,16 @@ class DetectorNode(Node):
             message_filters.Subscriber(self, CameraInfo, "color/camera_info", qos_profile=qos)]
         self._sync = message_filters.ApproximateTimeSynchronizer(
             self._subs, int(p["camera.sync_queue_size"]), float(p["camera.sync_slop_s"]))
-        self._sync.registerCallback(lambda c, d, i: self._inbox.put((c, d, i)))
-        self._running = True
-        self._worker = threading.Thread(target=self._work, name="detector", daemon=True)
-        self._worker.start()
+        self._sync.registerCallback(self._worker.put)
         if float(p["watch_period_s"]) > 0:
             self.create_timer(float(p["watch_period_s"]), self._watch)
         self.create_timer(float(p["statistics_period_s"]), self._publish_statistics)
         self.get_logger().info(f"detector: model {self.slot.model_dir}")
 
-    def _work(self) -> None:
-        while self._running:
-            item = self._inbox.get(timeout=0.5)
-            if item is None:
-                continue
-            outputs = self.component.on_messages(*item)
-            for key, msg in (outputs or {}).items():
-                self._pubs[key].publish(msg)
+    def _process(self, color: Image, depth: Image, info: CameraInfo) -> None:
+        outputs = self.component.on_messages(color, depth, info)
+        for key, msg in (outputs or {}).items():
+            self._pubs[key].publish(msg)
 
     def _on_reload(self, request: Trigger.Request, response: Trigger.Response
                    ) -> Trigger.Response:
@@ -122,31 +112,18 @@ class DetectorNode(Node):
 
     def _publish_statistics(self) -> None:
         stats = self.component.stats.as_dict()
-        stats.update(dropped_sets=self._inbox.dropped, model=str(self.slot.model_dir),
+        stats.update(dropped_sets=self._worker.dropped, model=str(self.slot.model_dir),
                      reloads=self.slot.reloads, failed_reloads=self.slot.failed_reloads)
         self._stats_pub.publish(String(data=json.dumps(stats)))
 
     def shutdown(self) -> None:
         """Stop the worker thread."""
-        self._running = False
-        self._inbox.close()
-        self._worker.join(timeout=5.0)
+        self._worker.stop()
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``ros2 run cv_autolabel detector_node``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = DetectorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(DetectorNode, args)
 
 
 if __name__ == "__main__":

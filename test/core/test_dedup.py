@@ -18,7 +18,7 @@ from cv_autolabel.core.dedup import DedupConfig, Deduplicator, DedupSettings, op
 from cv_autolabel.core.embedders import create_embedder, l2_normalise
 from cv_autolabel.core.frame_archive import FrameArchive
 from cv_autolabel.core.types import Frame
-from cv_autolabel.core.vectorstores import MemoryVectorStore, open_vector_store
+from cv_autolabel.core.vectorstores import MemoryVectorStore
 from cv_autolabel.errors import VectorStoreError
 from cv_autolabel.ros import topics as T
 from cv_autolabel.ros.bag import BagReader
