@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from cv_autolabel.core.fsio import depth_to_png_mm, write_image_atomic
 from cv_autolabel.core.types import Frame
