@@ -39,6 +39,7 @@ from cv_autolabel.errors import CvAutolabelError
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.95
+_FALLBACK_WARNED: list[bool] = []  # warn about the missing weights once per process
 
 
 @dataclass(frozen=True)
@@ -327,8 +328,10 @@ def resolve_embedder(settings: DedupSettings) -> Embedder:
         return create_embedder("resnet50", weights=settings.weights,
                                precision=settings.precision)
     except EmbedderError as err:
-        log.warning("dedup: ResNet50 unavailable (%s); using the weight-free thumbnail "
-                    "embedder", err)
+        if not _FALLBACK_WARNED:
+            _FALLBACK_WARNED.append(True)
+            log.warning("dedup: ResNet50 unavailable (%s); using the weight-free thumbnail "
+                        "embedder (docs/dedup.md)", str(err).split(" (e.g.")[0][:160])
         return create_embedder("thumbnail")
 
 
