@@ -14,12 +14,13 @@ Backends:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from cv_autolabel.core.registry import check_rgb as _check_rgb
+from cv_autolabel.core.registry import construct, lookup
 from cv_autolabel.errors import EmbedderError
 
 
@@ -63,24 +64,11 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 def check_rgb(rgb: np.ndarray) -> np.ndarray:
     """Return ``rgb`` if it is a non-empty (H, W, 3) uint8 image; raise EmbedderError if not."""
-    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
-        shape = getattr(rgb, "shape", type(rgb).__name__)
-        msg = f"an embedder takes (H, W, 3) uint8 RGB images, got {shape}"
-        raise EmbedderError(msg)
-    if rgb.dtype != np.uint8 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        msg = f"an embedder takes non-empty uint8 RGB images, got {rgb.shape} {rgb.dtype}"
-        raise EmbedderError(msg)
-    return rgb
+    return _check_rgb(rgb, "an embedder", EmbedderError)
 
 
-def _construct(cls: Callable[..., Embedder], name: str, options: dict[str, Any]) -> Embedder:
-    # Options usually come from a config file: a typo is bad input, not a programming error.
-    try:
-        inspect.signature(cls).bind(**options)
-    except TypeError as err:
-        msg = f"bad options for the {name!r} embedder: {err}"
-        raise EmbedderError(msg) from err
-    return cls(**options)
+def _construct(cls: Callable[..., Any], name: str, options: dict[str, Any]) -> Any:
+    return construct(cls, "embedder", name, options, EmbedderError)
 
 
 def _thumbnail(**options: Any) -> Embedder:
@@ -113,9 +101,5 @@ def create_embedder(name: str, **options: Any) -> Embedder:
         >>> create_embedder("thumbnail").dim > 0
         True
     """
-    try:
-        factory = EMBEDDERS[name]
-    except KeyError:
-        msg = f"unknown embedder {name!r}; known embedders: {', '.join(sorted(EMBEDDERS))}"
-        raise EmbedderError(msg) from None
+    factory = lookup(EMBEDDERS, "embedder", name, EmbedderError)
     return factory(**options)

@@ -13,13 +13,14 @@ Backends:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from cv_autolabel.core.instances import Instances
+from cv_autolabel.core.registry import check_rgb as _check_rgb
+from cv_autolabel.core.registry import construct, lookup
 from cv_autolabel.errors import SegmenterError
 
 
@@ -42,24 +43,11 @@ class Segmenter(Protocol):
 
 def check_rgb(rgb: np.ndarray) -> np.ndarray:
     """Return ``rgb`` if it is a non-empty (H, W, 3) uint8 image; raise SegmenterError if not."""
-    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
-        shape = getattr(rgb, "shape", type(rgb).__name__)
-        msg = f"a segmenter takes (H, W, 3) uint8 RGB images, got {shape}"
-        raise SegmenterError(msg)
-    if rgb.dtype != np.uint8 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        msg = f"a segmenter takes non-empty uint8 RGB images, got {rgb.shape} {rgb.dtype}"
-        raise SegmenterError(msg)
-    return rgb
+    return _check_rgb(rgb, "a segmenter", SegmenterError)
 
 
-def _construct(cls: Callable[..., Segmenter], name: str, options: dict[str, Any]) -> Segmenter:
-    # Options usually come from a config file: a typo is bad input, not a programming error.
-    try:
-        inspect.signature(cls).bind(**options)
-    except TypeError as err:
-        msg = f"bad options for the {name!r} segmenter: {err}"
-        raise SegmenterError(msg) from err
-    return cls(**options)
+def _construct(cls: Callable[..., Any], name: str, options: dict[str, Any]) -> Any:
+    return construct(cls, "segmenter", name, options, SegmenterError)
 
 
 def _yolo(**options: Any) -> Segmenter:
@@ -88,9 +76,5 @@ def create_segmenter(name: str, **options: Any) -> Segmenter:
         ...
         cv_autolabel.errors.SegmenterError: unknown segmenter 'mask-rcnn'; known segmenters: yolo
     """
-    try:
-        factory = SEGMENTERS[name]
-    except KeyError:
-        msg = f"unknown segmenter {name!r}; known segmenters: {', '.join(sorted(SEGMENTERS))}"
-        raise SegmenterError(msg) from None
+    factory = lookup(SEGMENTERS, "segmenter", name, SegmenterError)
     return factory(**options)
