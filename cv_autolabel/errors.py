@@ -89,3 +89,23 @@ class CocoError(CvAutolabelError):
     to its source), when the target zip already exists, and when a zip lacks its annotation
     file or an image it lists.
     """
+
+
+class CvatImportError(CvAutolabelError):
+    """A CVAT COCO 1.0 zip cannot be imported as a whole.
+
+    Raised when the file is not a readable zip, when a member breaks a hard limit (path
+    traversal, absolute or drive-letter name, symlink, duplicate name, too many members, a
+    member or the total too large, a compression ratio of a zip bomb), and when the zip has no
+    usable ``annotations/instances_<subset>.json``; the message names the member and the limit.
+    Problems of single images or annotations are reported, not raised.
+    """
+
+
+class DatasetError(CvAutolabelError):
+    """A dataset version cannot be created, opened, merged or prepared for training.
+
+    Raised when a COCO dict is malformed or lists an image whose bytes are missing, when a
+    version's manifest is unreadable or an image or the annotation file no longer matches its
+    recorded hash (the message names the file), and when a split or output directory is invalid.
+    """
