@@ -237,6 +237,51 @@ def _queue_classes(queue: Any, config: Path | None) -> list[str]:
     return names
 
 
+def cmd_import_cvat(args: argparse.Namespace) -> dict[str, Any]:
+    """Check a CVAT COCO 1.0 export and add it to DATASET as a new dataset version.
+
+    Unsafe zips (path traversal, links, zip bombs) are refused whole; malformed annotations
+    and images are dropped one by one and reported."""
+    from cv_autolabel.core.cvat_import import load_cvat_zip  # noqa: PLC0415
+    from cv_autolabel.core.dataset import create_version  # noqa: PLC0415
+
+    result = load_cvat_zip(args.zip)
+    if not result.images:
+        raise CvAutolabelError(f"{args.zip} holds no usable image")
+    version = create_version(args.into, result.coco, result.images, source=str(args.zip),
+                             class_names=result.class_names)
+    report = result.report
+    for rejection in report.rejections:
+        warn(f"rejected {rejection}")
+    print(f"imported {report.images_accepted} images, {report.annotations_accepted} "
+          f"annotations as {version.path} ({len(report.rejections)} rejected)")
+    return {"version": str(version.path), "images": report.images_accepted,
+            "annotations": report.annotations_accepted,
+            "rejected": [str(r) for r in report.rejections],
+            "class_names": list(version.class_names)}
+
+
+def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """Split a dataset version into train/val/test (grouped by sequence), write YOLO
+    segmentation labels, data.yaml and a class-distribution table and plot."""
+    from cv_autolabel.core.dataset import list_versions  # noqa: PLC0415
+    from cv_autolabel.tools.prepare import distribution_table, prepare  # noqa: PLC0415
+
+    version = args.dataset
+    if not (version / "manifest.json").exists():  # a dataset root: take its newest version
+        versions = list_versions(version)
+        if not versions:
+            raise CvAutolabelError(f"{version} is neither a dataset version nor holds any")
+        version = versions[-1]
+    ratios = tuple(float(x) for x in args.split.split(","))
+    summary = prepare(version, args.out, split=ratios, seed=args.seed)
+    print(distribution_table(summary))
+    for message in summary["warnings"]:
+        warn(message)
+    print(f"wrote {summary['data_yaml']} and {summary['plot']} from {version}")
+    return summary
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run what exists of the pipeline on a synthetic recording and say what was done."""
     from cv_autolabel.tools.demo import run_demo  # noqa: PLC0415
@@ -346,6 +391,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write side-by-side student/teacher review images here")
     _common(p)
     p.set_defaults(func=cmd_flush)
+
+    p = sub.add_parser("import-cvat", help="add a CVAT COCO 1.0 export as a dataset version",
+                       description=cmd_import_cvat.__doc__)
+    p.add_argument("zip", type=Path, metavar="ZIP")
+    p.add_argument("--into", type=Path, required=True, metavar="DATASET",
+                   help="dataset root (versions v0001, v0002, ... are created inside)")
+    _common(p)
+    p.set_defaults(func=cmd_import_cvat)
+
+    p = sub.add_parser("prepare", help="train/val/test split, YOLO-seg labels and data.yaml",
+                       description=cmd_prepare.__doc__)
+    p.add_argument("dataset", type=Path, metavar="DATASET",
+                   help="a dataset version directory, or a root (its newest version is used)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (new or empty)")
+    p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("demo", help="run the pipeline end to end on a synthetic recording",
                        description=cmd_demo.__doc__)

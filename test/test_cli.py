@@ -12,7 +12,7 @@ import pytest
 
 from cv_autolabel.cli import build_parser, main
 
-SUBCOMMANDS = ["sim", "extract", "info", "dedup", "replay", "demo"]
+SUBCOMMANDS = ["sim", "extract", "info", "dedup", "replay", "flush", "import-cvat", "prepare", "demo"]
 
 
 def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
