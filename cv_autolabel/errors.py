@@ -109,3 +109,23 @@ class DatasetError(CvAutolabelError):
     version's manifest is unreadable or an image or the annotation file no longer matches its
     recorded hash (the message names the file), and when a split or output directory is invalid.
     """
+
+
+class ExportError(CvAutolabelError):
+    """A model cannot be exported, verified or published.
+
+    Raised when the weights or the data.yaml are missing, when ultralytics/NNCF fail to export
+    or validate, when the output directory is not empty or the publish path is not a symlink,
+    and when the INT8 model loses more mask mAP50-95 than the tolerance allows (the message
+    names both mAPs and the drop; the FP32 export and the report are kept).
+    """
+
+
+class TrainingError(CvAutolabelError):
+    """A segmentation model cannot be trained with the given data, model or settings.
+
+    Raised when data.yaml is missing or lacks existing train/val images, when the model is
+    neither a known segmentation config nor an existing local ``.pt`` (nothing is downloaded),
+    when the run directory already exists, when experiment tracking cannot start, and when
+    ultralytics fails during training (the message carries its error).
+    """

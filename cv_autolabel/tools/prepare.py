@@ -6,7 +6,7 @@ Output (``out_dir`` is built in a staging directory and renamed into place)::
                                            file systems); treat them as read-only
     labels/{train,val,test}/<hash>.txt     ``cls x1 y1 x2 y2 ...``, 0-based class, coordinates
                                            normalised by width and height
-    data.yaml                              path, train, val, test, names, nc
+    data.yaml                              path, train, val, test, names, nc, dataset_version
     class_distribution.png                 instances per class and split
 
 Split algorithm (deterministic for a version and a seed):
@@ -81,7 +81,8 @@ def prepare(version_dir: Path, out_dir: Path, *,
     assignment = assign_splits(groups, ratios, seed)
     with atomic_directory(out_dir) as staging:
         summary = _write_splits(version, staging, assignment)
-        _write_data_yaml(staging / "data.yaml", out_dir, version.class_names)
+        _write_data_yaml(staging / "data.yaml", out_dir, version.class_names,
+                         str(version.manifest.get("version", version.path.name)))
         summary["warnings"] = _warnings(summary, version.class_names, ratios)
         plot_distribution(summary, version.class_names, staging / PLOT_NAME)
     summary.update(version=version.version, seed=seed, ratios=list(ratios),
@@ -286,10 +287,12 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _write_data_yaml(path: Path, final_dir: Path, class_names: Sequence[str]) -> None:
+def _write_data_yaml(path: Path, final_dir: Path, class_names: Sequence[str],
+                     dataset_version: str) -> None:
+    # ultralytics ignores extra keys; `train` reads dataset_version to record the run.
     doc = {"path": str(final_dir), "train": "images/train", "val": "images/val",
            "test": "images/test", "names": dict(enumerate(class_names)),
-           "nc": len(class_names)}
+           "nc": len(class_names), "dataset_version": dataset_version}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
