@@ -187,8 +187,8 @@ def _replay_active_learning(args: argparse.Namespace, topics: Any, slop: float
     with progress_bar(None, "active learning") as advance:
         summary = replay_active_learning(
             args.bag, args.queue, teacher=args.teacher, teacher_weights=args.teacher_weights,
-            prompts=prompts, model=args.model, topics=topics, slop_s=slop, progress=advance,
-            warn=warn)
+            prompts=prompts, model=args.model, topics=topics, slop_s=slop,
+            workspace=args.workspace, progress=advance, warn=warn)
     print(f"{summary['frames_in']} frames, {summary['novel']} novel, {summary['queued']} queued "
           f"for labelling ({summary['agreed']} agreed); queue {args.queue}")
     return summary
@@ -282,6 +282,57 @@ def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    """Export MODEL (ultralytics .pt) to OpenVINO FP32 and INT8 (calibrated on DATA's val
+    split), verify INT8's mask mAP50-95 against FP32, write checksum manifests and
+    verification.json, and on success optionally publish INT8 by re-pointing a symlink."""
+    from cv_autolabel.tools.export import export  # noqa: PLC0415
+
+    report = export(args.model, args.data, out=args.out, imgsz=args.imgsz,
+                    tolerance=args.tolerance, samples=args.samples, publish=args.publish,
+                    calibration_fraction=args.fraction)
+    agree = report["agreement"]
+    print(f"{report['message']}; INT8 matched {agree['matched']}/{agree['fp32_instances']} "
+          f"FP32 instances on {agree['images']} images")
+    print(f"wrote {report['out']}" + (f", published {report['published']}"
+                                      if report["published"] else ""))
+    return report
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train a YOLO segmentation model on a prepared data.yaml (offline: nothing is
+    downloaded) and record the run in OUT/NAME/cv_autolabel_run.json."""
+    from cv_autolabel.tools.train import train  # noqa: PLC0415
+
+    summary = train(args.data_yaml, model=args.model, epochs=args.epochs, imgsz=args.imgsz,
+                    batch=args.batch, out=args.out, name=args.name, seed=args.seed,
+                    tracking=args.tracking, patience=args.patience, device=args.device,
+                    dataset_version=args.dataset_version)
+    mask = summary["metrics"].get("mask_map50_95")
+    tracked = summary["tracking"].get("offline_zip") or summary["tracking"]["mode"]
+    print(f"trained {summary['epochs_completed']} epoch(s) in {summary['duration_s']} s: "
+          f"mask mAP50-95 {mask if mask is not None else 'n/a'}; best weights "
+          f"{summary['best_weights']} (tracking: {tracked})")
+    return summary
+
+
+def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
+    """Show the flywheel's iterations (dataset version, labelled images, model, val mask mAP,
+    disagreement rate) and plot mAP against labelled images."""
+    from cv_autolabel.tools.status import iterations, plot, table  # noqa: PLC0415
+
+    items = iterations(args.workspace)
+    if not items:
+        print(f"no iterations in {args.workspace} yet: run `cv-autolabel train` (or `make demo`)")
+        return {"workspace": str(args.workspace), "iterations": [], "plot": None}
+    print(table(items))
+    figure = plot(items, args.workspace / "status_map.png")
+    if figure:
+        print(f"plot: {figure}")
+    return {"workspace": str(args.workspace), "iterations": items,
+            "plot": str(figure) if figure else None}
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run what exists of the pipeline on a synthetic recording and say what was done."""
     from cv_autolabel.tools.demo import run_demo  # noqa: PLC0415
@@ -370,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=Path, default=None, help="annotation queue directory")
     p.add_argument("--teacher", choices=["groundtruth", "sam3"], default="groundtruth")
     p.add_argument("--teacher-weights", type=Path, default=None, help="sam3.pt")
+    p.add_argument("--workspace", type=Path, default=Path("autolabel_workspace"),
+                   help="where `status` finds iterations (the replay's disagreement rate)")
     p.add_argument("--segmenter", choices=["yolo", "gt"], default="yolo",
                    help="yolo: --model; gt: the synthetic bag's ground-truth masks")
     p.add_argument("--namespace", default="/detector", help="prefix of the output topics")
@@ -409,6 +462,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _common(p)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("export", help="OpenVINO FP32 + verified INT8 export of a trained model",
+                       description=cmd_export.__doc__)
+    p.add_argument("model", type=Path, metavar="MODEL", help="ultralytics .pt weights")
+    p.add_argument("--data", type=Path, required=True, metavar="DATA_YAML",
+                   help="data.yaml whose val split calibrates and verifies INT8")
+    p.add_argument("--out", type=Path, default=None,
+                   help="new output directory (default: MODEL's parent/../export_<time>)")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="largest allowed INT8 mask mAP50-95 drop, in points (default 1.0)")
+    p.add_argument("--samples", type=int, default=8,
+                   help="val images of the FP32/INT8 output agreement check")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="fraction of val images used for INT8 calibration")
+    p.add_argument("--publish", type=Path, default=None, metavar="LINK",
+                   help="symlink to point at the INT8 model on success (e.g. models/current)")
+    _common(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("train", help="train a YOLO segmentation model on a data.yaml",
+                       description=cmd_train.__doc__)
+    p.add_argument("data_yaml", type=Path, metavar="DATA_YAML", help="written by 'prepare'")
+    p.add_argument("--model", default="yolo11n-seg.yaml",
+                   help="segmentation config (yolo11n-seg.yaml, yolo26s-seg.yaml, ...) or a "
+                        "local .pt to fine-tune")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patience", type=int, default=20, help="early-stopping patience (epochs)")
+    p.add_argument("--device", default="cpu", help="cpu, 0, cuda:0, ...")
+    p.add_argument("--out", type=Path, default=Path("autolabel_workspace/runs"),
+                   help="runs directory (default: ./autolabel_workspace/runs)")
+    p.add_argument("--name", default=None,
+                   help="run name (default: <dataset version>_<model>_<time>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking", choices=["auto", "clearml", "none"], default="auto",
+                   help="auto: ClearML when configured (or offline with "
+                        "CV_AUTOLABEL_CLEARML_OFFLINE=1), else none")
+    p.add_argument("--dataset-version", default=None,
+                   help="dataset version to record (default: inferred, else none)")
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("status", help="table and plot of the flywheel's iterations",
+                       description=cmd_status.__doc__)
+    p.add_argument("--workspace", type=Path, default=Path("autolabel_workspace"),
+                   help="workspace of train/replay/demo (default: ./autolabel_workspace)")
+    _common(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("demo", help="run the pipeline end to end on a synthetic recording",
                        description=cmd_demo.__doc__)

@@ -79,9 +79,12 @@ def replay_active_learning(bag_path: Path, queue_dir: Path, *, teacher: str = "g
                            prompts: dict[str, list[str]] | None = None,
                            model: Path | None = None, topics: CameraTopics = CameraTopics(),
                            slop_s: float = 0.05, dedup_threshold: float = 0.95,
+                           workspace: Path | None = None,
                            progress: Callable[[int], None] | None = None,
                            warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run dedup -> active learning over a bag, queueing disagreements in ``queue_dir``.
+
+    With ``workspace``, the replay's disagreement rate is recorded for ``cv-autolabel status``.
 
     The dedup store lives in ``queue_dir/dedup`` so replaying the same bag again finds every
     frame already seen. Without ``model`` there is no student yet: every teacher object
@@ -110,10 +113,15 @@ def replay_active_learning(bag_path: Path, queue_dir: Path, *, teacher: str = "g
         dedup.close_all()
     if damage and warn:
         warn(f"bag {bag_path} is damaged; replayed the readable prefix: {damage}")
-    return {"bag": str(bag_path), "queue": str(queue_dir), "teacher": teacher,
-            "student": str(model) if model else None, "frames_in": stats.frames,
-            "novel": dedup.stats.novel, **summary,
-            "seconds": round(time.perf_counter() - started, 2)}
+    result = {"bag": str(bag_path), "queue": str(queue_dir), "teacher": teacher,
+              "student": str(model.resolve()) if model else None, "frames_in": stats.frames,
+              "novel": dedup.stats.novel, **summary,
+              "seconds": round(time.perf_counter() - started, 2)}
+    if workspace is not None:  # the disagreement rate `cv-autolabel status` reports
+        from cv_autolabel.tools.status import record_replay  # noqa: PLC0415
+
+        record_replay(workspace, result)
+    return result
 
 
 def _teacher(kind: str, bag: Path, weights: Path | None,
