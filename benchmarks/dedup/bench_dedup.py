@@ -32,6 +32,7 @@ from cv_autolabel.core.embedders import create_embedder, l2_normalise
 from cv_autolabel.core.vectorstores import VectorRecord, open_vector_store
 from cv_autolabel.ros.bag import BagReader
 from cv_autolabel.ros.frames import iter_frames
+from cv_autolabel.tools.machine import cpu_model
 from cv_autolabel.tools.sim.run import SimConfig, simulate
 
 HERE = Path(__file__).resolve().parent
@@ -171,16 +172,6 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(work, ignore_errors=True)
     report(rows, args.out)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(rows: list[dict], out: Path) -> None:

@@ -42,6 +42,7 @@ from cv_autolabel.core.segmenters.yolo_openvino import YoloOpenVINOSegmenter
 from cv_autolabel.ros.bag import BagReader
 from cv_autolabel.ros.frames import iter_frames
 from cv_autolabel.ros.ground_truth import iter_ground_truth
+from cv_autolabel.tools.machine import cpu_model
 from cv_autolabel.tools.sim.run import SimConfig, simulate
 
 HERE = Path(__file__).resolve().parent
@@ -228,17 +229,6 @@ def _row(path: str, times: np.ndarray, precision: str) -> dict[str, Any]:
 
 
 # -- report ------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """Return the CPU's model name."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def report(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
     """Print the table with ratios (p50) and write ``out`` as JSON."""
     print(f"\n{'path':<40} {'precision':<18} {'p50':>8} {'p99':>8}  {'vs raw':>7} "
