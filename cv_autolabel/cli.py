@@ -237,6 +237,37 @@ def _queue_classes(queue: Any, config: Path | None) -> list[str]:
     return names
 
 
+def cmd_preannotate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run a teacher (SAM3, or a synthetic bag's ground truth) over an image folder or a bag
+    and write a CVAT-ready COCO 1.0 zip. Resumable (re-run with the same arguments), and
+    shardable over machines with --shard i/n; --merge ZIP... merges shard zips into --out."""
+    from cv_autolabel.tools.preannotate import merge_zips, parse_shard, preannotate  # noqa: PLC0415
+
+    if args.merge:
+        summary = merge_zips(args.merge, args.out)
+        print(f"merged {len(args.merge)} zips: {summary['images']} images with "
+              f"{summary['annotations']} annotations in {args.out}")
+        return summary
+    if args.src is None:
+        raise CvAutolabelError("SRC is required (or --merge ZIP ZIP ...)")
+    params = load_parameters(args.config, "active_learning_node")
+    weights = args.teacher_weights or Path(str(params.get(
+        "teacher_weights", "~/cv_autolabel_data/models/sam3.pt"))).expanduser()
+    topics, slop = _topics_from(args)
+    with progress_bar(None, "preannotate") as advance:
+        summary = preannotate(args.src, args.out, teacher=args.teacher, teacher_weights=weights,
+                              prompts=_prompts(params), work=args.work,
+                              shard=parse_shard(args.shard), merge_iou=args.merge_iou,
+                              topics=topics, slop_s=slop, progress=advance, warn=warn)
+    if summary["unreadable"] or summary["failed"]:
+        warn(f"skipped {summary['unreadable']} unreadable frame(s), teacher failed on "
+             f"{summary['failed']}")
+    print(f"shard {summary['shard']}: {summary['processed']} frames pre-annotated "
+          f"({summary['skipped_done']} already done, {summary['instances']} instances) of "
+          f"{summary['frames_in_shard']}; zip: {summary['zip'] or 'none (nothing to export)'}")
+    return summary
+
+
 def cmd_import_cvat(args: argparse.Namespace) -> dict[str, Any]:
     """Check a CVAT COCO 1.0 export and add it to DATASET as a new dataset version.
 
@@ -444,6 +475,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write side-by-side student/teacher review images here")
     _common(p)
     p.set_defaults(func=cmd_flush)
+
+    p = sub.add_parser("preannotate", help="teacher pre-annotations of a frame pool as a "
+                       "CVAT COCO 1.0 zip (resumable, shardable)",
+                       description=cmd_preannotate.__doc__)
+    p.add_argument("src", type=Path, nargs="?", default=None, metavar="SRC",
+                   help="image folder (recursive) or ROS 2 bag")
+    p.add_argument("--out", type=Path, required=True, metavar="COCO_ZIP", help="zip to write")
+    p.add_argument("--teacher", choices=["sam3", "groundtruth"], default="sam3")
+    p.add_argument("--teacher-weights", type=Path, default=None,
+                   help="sam3.pt (default: config, else ~/cv_autolabel_data/models/sam3.pt)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="work directory of the resumable queue (default: <COCO_ZIP>.work)")
+    p.add_argument("--shard", default="1/1", metavar="i/n",
+                   help="process frames with index %% n == i-1 (1-based i)")
+    p.add_argument("--merge-iou", type=float, default=0.6,
+                   help="merge same-class teacher instances overlapping by more IoU")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="ZIP",
+                   help="instead: merge these (shard) zips into --out")
+    _add_topics(p)
+    _common(p)
+    p.set_defaults(func=cmd_preannotate)
 
     p = sub.add_parser("import-cvat", help="add a CVAT COCO 1.0 export as a dataset version",
                        description=cmd_import_cvat.__doc__)

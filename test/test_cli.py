@@ -13,7 +13,7 @@ import pytest
 from cv_autolabel.cli import build_parser, main
 
 SUBCOMMANDS = ["sim", "extract", "info", "dedup", "replay", "flush", "import-cvat", "prepare",
-               "train", "export", "status", "demo"]
+               "train", "export", "status", "preannotate", "demo"]
 
 
 def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
