@@ -365,11 +365,13 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Run what exists of the pipeline on a synthetic recording and say what was done."""
+    """Run the whole flywheel on synthetic recordings: record, dedup, active learning, flush,
+    import, prepare, train, export INT8, repeat; print the iteration table."""
     from cv_autolabel.tools.demo import run_demo  # noqa: PLC0415
 
     return run_demo(args.workspace, frames=args.frames, seed=args.seed, width=args.width,
-                    height=args.height)
+                    height=args.height, epochs=args.epochs, imgsz=args.imgsz,
+                    rounds=args.iterations)
 
 
 def _csv(text: str) -> list[str]:
@@ -568,10 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the pipeline end to end on a synthetic recording",
                        description=cmd_demo.__doc__)
     p.add_argument("--workspace", type=Path, default=Path("autolabel_workspace"),
-                   help="where the demo writes (default: ./autolabel_workspace)")
-    p.add_argument("--frames", type=int, default=120)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
+                   help="where the demo writes (default: ./autolabel_workspace, as status)")
+    p.add_argument("--frames", type=int, default=300, help="frames per recording")
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--epochs", type=int, default=40, help="training epochs per iteration")
+    p.add_argument("--imgsz", type=int, default=320, help="training and export image size")
+    p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     _common(p)
     p.set_defaults(func=cmd_demo)

@@ -91,18 +91,24 @@ def test_console_script_is_installed() -> None:
     assert result.returncode == 0 and "cv-autolabel" in result.stdout
 
 
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+def test_demo_runs_the_flywheel_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cv_autolabel.cli", "demo", "--workspace", str(tmp_path / "ws"),
-         "--frames", "4", "--width", "96", "--height", "72", "--json"],
-        capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    summary = json.loads(lines[-1])
-    assert summary["frames"] == 4
-    assert (tmp_path / "ws" / "demo" / "synthetic_bag" / "metadata.yaml").exists()
-    assert len((tmp_path / "ws" / "demo" / "frames" / "index.jsonl").read_text().splitlines()) == 4
-    assert not any("build time" in ln for ln in lines)
+         "--frames", "40", "--width", "160", "--height", "120", "--epochs", "1",
+         "--imgsz", "64", "--json"],
+        capture_output=True, text=True, check=False, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    items = summary["iterations"]
+    assert [it["iteration"] for it in items] == [1, 2]
+    assert items[0]["labelled_images"] < items[1]["labelled_images"]  # versions accumulate
+    assert all(it["map"] is not None and it["disagreement"] is not None for it in items)
+    assert (tmp_path / "ws" / "dataset" / "v0001" / "manifest.json").exists()
+    assert Path(summary["plot"]).is_file()
+    status = subprocess.run([sys.executable, "-m", "cv_autolabel.cli", "status", "--workspace",
+                             str(tmp_path / "ws"), "--json"], capture_output=True, text=True,
+                            check=False)
+    assert json.loads(status.stdout.strip().splitlines()[-1])["iterations"] == items
 
 
 def test_dedup_cli_on_a_bag_and_an_image_folder(tmp_path: Path, sim_bag: Path) -> None:

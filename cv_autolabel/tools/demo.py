@@ -1,91 +1,86 @@
-"""``cv-autolabel demo``: what exists of the pipeline, end to end, on a synthetic recording.
+"""``cv-autolabel demo``: the whole flywheel on synthetic recordings, on one machine.
 
-Today: the synthetic RGB-D world writes a real ROS 2 bag, the bag is inspected, its
-synchronised frames are extracted, the dedup stage keeps the novel ones, the detector (with
-the ground-truth masks standing in for a model) locates the objects in 3D, and active learning
-queues the novel frames and flushes them as a CVAT-ready COCO batch. Training, export and the
-second iteration join here as they land.
+1. The synthetic RGB-D world records three bags (one per iteration, and a last one to
+   measure the final model); the detector replays the first with ground-truth masks and
+   depth fusion.
+2. Each iteration runs the online pipeline over its bag (dedup, then active learning with
+   the ground-truth teacher and the current student), flushes the queue as a CVAT batch,
+   accepts the teacher's pre-annotations (a person would correct them in CVAT), imports
+   them as a new dataset version, prepares it, trains (from scratch, then fine-tuning) and
+   exports INT8 with verification; the export becomes the next student.
+3. The iteration table shows mAP rising and the student's disagreement with the teacher
+   falling; ``cv-autolabel status`` shows it again later (same workspace).
+
+No weights, no network: everything is built from configs and the synthetic world.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from cv_autolabel.core.dedup import DedupSettings
-from cv_autolabel.ros.bag import BagReader
-from cv_autolabel.tools.dedup import run_dedup
-from cv_autolabel.tools.extract import extract
+from cv_autolabel.tools.flywheel import FlywheelState, iteration
 from cv_autolabel.tools.replay import replay, replay_active_learning
 from cv_autolabel.tools.sim.run import SimConfig, simulate
+from cv_autolabel.tools.status import iterations, plot, table
 
 
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def run_demo(workspace: Path, *, frames: int = 120, seed: int = 0, width: int = 640,
-             height: int = 480) -> dict[str, Any]:
-    """Run the demo in ``workspace`` (recreated each run); return a summary."""
+def run_demo(workspace: Path, *, frames: int = 300, seed: int = 0, width: int = 320,
+             height: int = 240, epochs: int = 40, imgsz: int = 320,
+             rounds: int = 2) -> dict[str, Any]:
+    """Run the demo in ``workspace`` (its previous demo results are replaced)."""
     from cv_autolabel.cli import progress_bar  # noqa: PLC0415
 
     started = time.perf_counter()
-    run_dir = workspace / "demo"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    bag = run_dir / "synthetic_bag"
-    _say(f"[1/6] simulating {frames} RGB-D frames of a bin of cans (seed {seed}) ...")
-    with progress_bar(frames, "sim") as advance:
-        sim = simulate(SimConfig(frames=frames, seed=seed, width=width, height=height), bag,
-                       progress=advance)
-    _say(f"      wrote ROS 2 bag {bag} ({sim['seconds']} s)")
-    _say("[2/6] reading it back:")
-    with BagReader(bag) as reader:
-        for topic, (msgtype, count) in sorted(reader.topics.items()):
-            _say(f"      {topic:<50} {count:>5}  {msgtype}")
-    frames_dir = run_dir / "frames"
-    _say(f"[3/6] extracting synchronised RGB-D frames to {frames_dir} ...")
-    with progress_bar(None, "extract") as advance:
-        ext = extract(bag, frames_dir, progress=advance)
-    _say(f"      {ext['frames']} colour images, {ext['frames']} 16-bit depth PNGs, index.jsonl")
-    dedup_dir = run_dir / "dedup"
-    _say(f"[4/6] keeping only novel frames (dedup, threshold 0.95) into {dedup_dir} ...")
-    with progress_bar(frames, "dedup") as advance:
-        dd = run_dedup(bag, db=str(dedup_dir / "milvus.db"), out=dedup_dir / "frames",
-                       settings=DedupSettings(data_dir=dedup_dir), progress=advance)
-    _say(f"      kept {dd['frames_kept']} of {dd['frames_in']} frames "
-         f"({dd['frames_per_second']} frames/s, embedder {dd['embedder']})")
-    replayed = run_dir / "detector_bag"
-    _say(f"[5/6] replaying the detector (ground-truth masks + depth fusion) into {replayed} ...")
-    with progress_bar(frames, "replay") as advance:
-        rp = replay(bag, replayed, segmenter="gt", progress=advance)
-    _say(f"      {rp['objects']} objects located in 3D ({rp['invalid_objects']} without usable "
-         f"depth), {rp['latency_ms_p50']} ms per frame")
-    al = _active_learning(bag, run_dir, frames)
-    seconds = round(time.perf_counter() - started, 1)
-    _say(f"done in {seconds} s. Next: `cv-autolabel info {bag}`, or play it on a ROS 2 machine "
-         f"with `ros2 bag play {bag}`.")
-    sys.stdout.flush()
-    return {"workspace": str(workspace), "bag": str(bag), "frames": ext["frames"],
-            "frames_kept": dd["frames_kept"], "sim": sim, "extract": ext, "dedup": dd,
-            "detector": rp, "active_learning": al, "seconds": seconds}
+    _reset(workspace)
+    bags = []
+    for n in range(1, rounds + 2):
+        bag = workspace / "recordings" / f"bag_{n}"
+        _say(f"[record {n}/{rounds + 1}] simulating {frames} RGB-D frames of a bin of cans ...")
+        with progress_bar(frames, "sim") as advance:
+            simulate(SimConfig(frames=frames, seed=seed + n, width=width, height=height), bag,
+                     progress=advance)
+        bags.append(bag)
+    _say("[detector] replaying recording 1 with ground-truth masks + depth fusion ...")
+    rp = replay(bags[0], workspace / "recordings" / "bag_1_detections", segmenter="gt")
+    _say(f"      {rp['objects']} objects located in 3D, {rp['latency_ms_p50']} ms per frame")
+    state, results = FlywheelState(), []
+    for n in range(1, rounds + 1):
+        _say(f"[iteration {n}/{rounds}] dedup -> active learning -> CVAT batch -> import -> "
+             "prepare -> train -> export")
+        results.append(iteration(n, bags[n - 1], workspace, state, epochs=epochs, imgsz=imgsz,
+                                 say=_say))
+    final = replay_active_learning(bags[-1], workspace / "final_check" / "queue",
+                                   model=state.student, workspace=workspace)
+    return _report(workspace, results, final, round(time.perf_counter() - started, 1))
 
 
-def _active_learning(bag: Path, run_dir: Path, frames: int) -> dict[str, Any]:
-    from cv_autolabel.cli import progress_bar  # noqa: PLC0415
-    from cv_autolabel.core.annotation_queue import AnnotationQueue  # noqa: PLC0415
-    from cv_autolabel.core.coco import flush  # noqa: PLC0415
+def _reset(workspace: Path) -> None:
+    # Only what the demo itself wrote: a user's other runs in the workspace stay.
+    demo_runs = [p.relative_to(workspace) for p in workspace.glob("runs/iteration_*")]
+    for name in ["recordings", "dataset", "final_check", "replays.jsonl", "status_map.png",
+                 *demo_runs, *(f"iteration_{n}" for n in range(1, 10))]:
+        target = workspace / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    workspace.mkdir(parents=True, exist_ok=True)
 
-    queue_dir = run_dir / "queue"
-    _say("[6/6] active learning (teacher: ground truth, no student model yet) and flush ...")
-    with progress_bar(frames, "active learning") as advance:
-        al = replay_active_learning(bag, queue_dir, progress=advance)
-    with AnnotationQueue(queue_dir) as queue:
-        batch = flush(queue, run_dir / "cvat_batch_001.zip", class_names=("red_can", "blue_can"))
-    _say(f"      {al['queued']} of {al['novel']} novel frames queued for labelling; "
-         f"wrote {batch.images} frames with {batch.annotations} pre-annotations to "
-         f"{batch.zip_path} (import into CVAT as COCO 1.0)")
-    return {**al, "batch": str(batch.zip_path), "batch_images": batch.images}
+
+def _report(workspace: Path, results: list[dict[str, Any]], final: dict[str, Any],
+            seconds: float) -> dict[str, Any]:
+    items = iterations(workspace)
+    _say("\n" + table(items))
+    figure = plot(items, workspace / "status_map.png")
+    _say(f"\ndone in {seconds} s. mAP plot: {figure}. `cv-autolabel status` shows this table "
+         "again; the last model is at " + str(results[-1]["student"] if results else "-"))
+    return {"workspace": str(workspace), "iterations": items, "rounds": results,
+            "final_disagreement": final.get("mean_score"), "plot": str(figure),
+            "seconds": seconds}

@@ -2,7 +2,9 @@
 
 An iteration is one trained model: the dataset version it learnt from, how many labelled
 images that was, its validation mask mAP50-95, and the disagreement rate of the latest
-active-learning replay made with it as the student. ``train`` records a run under
+active-learning replay made with it as the student (``disagreement``: the mean share of
+objects it gets wrong against the teacher; ``disagreement_rate``: the share of frames queued).
+``train`` records a run under
 ``<workspace>/runs/<name>/cv_autolabel_run.json``; ``replay --active-learning`` records its
 disagreement rate in ``<workspace>/replays.jsonl``. Status reads both, prints a table and
 plots mAP against labelled images.
@@ -27,6 +29,7 @@ def record_replay(workspace: Path, summary: dict[str, Any]) -> None:
     workspace.mkdir(parents=True, exist_ok=True)
     entry = {"time": time.time(), "student": summary.get("student"),
              "disagreement_rate": summary.get("disagreement_rate"),
+             "mean_score": summary.get("mean_score"),
              "frames": summary.get("frames"), "queued": summary.get("queued")}
     with open(workspace / REPLAYS, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
@@ -70,7 +73,10 @@ def _iteration(index: int, run: dict[str, Any], replays: list[dict[str, Any]]) -
     return {"iteration": index, "dataset_version": run.get("dataset_version"),
             "labelled_images": labelled, "model": weights,
             "map": metrics.get("mask_map50_95"), "map50": metrics.get("mask_map50"),
-            "disagreement_rate": mine[-1]["disagreement_rate"] if mine else None}
+            "disagreement_rate": mine[-1]["disagreement_rate"] if mine else None,
+            # Share of objects the student gets wrong (0 = agrees with the teacher everywhere):
+            # falls as the model improves even while every novel frame is still queued.
+            "disagreement": mine[-1].get("mean_score") if mine else None}
 
 
 def _count_images(data_yaml: Path) -> int | None:
@@ -90,13 +96,13 @@ def _count_images(data_yaml: Path) -> int | None:
 def table(items: list[dict[str, Any]]) -> str:
     """Return the iterations as a text table."""
     head = f"{'iter':>4}  {'dataset':<10} {'labelled':>8}  {'mask mAP50-95':>13}  " \
-           f"{'disagreement':>12}  model"
+           f"{'disagreement':>12}  {'queued':>6}  model"
     rows = [head, "-" * len(head)]
     for it in items:
-        rate = it["disagreement_rate"]
         rows.append(f"{it['iteration']:>4}  {str(it['dataset_version'] or '-'):<10} "
                     f"{it['labelled_images'] if it['labelled_images'] is not None else '-':>8}  "
-                    f"{_num(it['map']):>13}  {_num(rate):>12}  {it['model']}")
+                    f"{_num(it['map']):>13}  {_num(it.get('disagreement')):>12}  "
+                    f"{_num(it['disagreement_rate']):>6}  {it['model']}")
     return "\n".join(rows)
 
 
