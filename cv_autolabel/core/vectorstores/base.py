@@ -85,6 +85,29 @@ def _frozen_vector(vector: object, record_id: int) -> np.ndarray:
     return array
 
 
+_Store = TypeVar("_Store", bound="OpenCloseContext")
+
+
+class OpenCloseContext:
+    """``with store:`` opens the store and closes it on the way out (backends inherit this)."""
+
+    def open(self) -> None:  # pragma: no cover - every backend defines it
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - every backend defines it
+        raise NotImplementedError
+
+    def __enter__(self: _Store) -> _Store:
+        """Open the store and return it."""
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Close the store."""
+        self.close()
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """A durable store of :class:`VectorRecord` (one collection, one embedding space).

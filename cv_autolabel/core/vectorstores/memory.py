@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from types import TracebackType
 
 import numpy as np
 
-from cv_autolabel.core.vectorstores.base import VectorRecord, check_query, check_rows
+from cv_autolabel.core.vectorstores.base import (
+    OpenCloseContext, VectorRecord, check_query, check_rows,
+)
 from cv_autolabel.errors import VectorStoreError
 
 
-class MemoryVectorStore:
+class MemoryVectorStore(OpenCloseContext):
     """Dict-backed store with the same contract as the Milvus backend.
 
     Like Milvus, ``iter_vectors`` walks ids in ascending order and inserting an existing id
@@ -49,16 +50,6 @@ class MemoryVectorStore:
     def close(self) -> None:
         """Mark the store closed; later calls raise VectorStoreError until ``open``."""
         self._open = False
-
-    def __enter__(self) -> MemoryVectorStore:
-        """Open the store and return it."""
-        self.open()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        """Close the store."""
-        self.close()
 
     def insert(self, rows: Sequence[VectorRecord]) -> None:
         """Store ``rows``, replacing records with the same id."""

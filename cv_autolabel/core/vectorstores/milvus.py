@@ -82,12 +82,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cv_autolabel.core.vectorstores.base import VectorRecord, check_query, check_rows
+from cv_autolabel.core.vectorstores.base import (
+    OpenCloseContext, VectorRecord, check_query, check_rows,
+)
 from cv_autolabel.core.vectorstores.filelock import PidLock, flock_held
 from cv_autolabel.errors import VectorStoreError
 
@@ -114,7 +115,7 @@ _ID_CHUNK = 1024
 _OUTPUT_FIELDS = ["id", "embedding", "stamp_ns", "frame_id", "source", "path", "extra"]
 
 
-class MilvusVectorStore:
+class MilvusVectorStore(OpenCloseContext):
     """:class:`~cv_autolabel.core.vectorstores.base.VectorStore` on Milvus (Lite or server).
 
     ``uri`` is a local path (a Milvus Lite data directory, e.g. ``data/frames.db``, served
@@ -176,16 +177,6 @@ class MilvusVectorStore:
         """Release the connection (and, for Lite, flush and stop its server, free the lock)."""
         with self._lock:
             self._teardown()
-
-    def __enter__(self) -> MilvusVectorStore:
-        """Open the store and return it."""
-        self.open()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        """Close the store."""
-        self.close()
 
     # ── data ────────────────────────────────────────────────────
 
