@@ -1,7 +1,8 @@
 """Depth fusion: instance masks plus aligned depth become 3D objects a picker can grasp.
 
-Per instance, on the crop around its mask (vectorised numpy and one OpenCV erosion; masks
-larger than ``max_points`` pixels are sampled on a coarser grid):
+Per instance, on its mask's own pixels (vectorised numpy and one OpenCV erosion of the crop
+around it; masks larger than ``max_points`` pixels are sampled on a coarser grid, so the cost
+per object is bounded whatever the mask's shape):
 
 1. **Mask.** Erode by ``erode_px``: depth on an object's silhouette mixes foreground and
    background (and the sensor drops a band there anyway).
@@ -80,7 +81,7 @@ class FusionConfig:
         thickness_ratio: depth of the centre behind the visible centroid, as a fraction of
             the object's minor width (see the module docstring).
         grasp_radius_m: radius around the centre's viewing ray of the grasp patch.
-        max_points: a mask with more (eroded) pixels is sampled on a coarser pixel grid,
+        max_points: a mask with more pixels is sampled on a coarser pixel grid,
             which bounds the time per object; a few hundred points fix the geometry.
     """
 
@@ -202,42 +203,48 @@ def _checked_depth(instances: Instances, depth_m: np.ndarray,
 
 def _fuse_one(index: int, name: str, score: float, mask: np.ndarray, depth: np.ndarray,
               k: CameraIntrinsics, cfg: FusionConfig) -> Object3D:
-    grid = _Grid.of(mask, depth, cfg)
-    if isinstance(grid, str):
-        return Object3D.invalid(index, name, score, grid)
-    z = np.where(grid.eroded, grid.depth, np.nan)
+    cells = _Cells.of(mask, depth, cfg)
+    if isinstance(cells, str):
+        return Object3D.invalid(index, name, score, cells)
+    z = np.where(cells.inner, cells.depth, np.nan)
     if np.isnan(z).all():
         return Object3D.invalid(index, name, score, "no valid depth in mask")
-    z = _drop_spikes(z, cfg)
-    finite = np.isfinite(z)
+    z = _drop_spikes(z, cells, cfg)
+    finite = ~np.isnan(z)
     lo, hi = _surface_range(z[finite], cfg) if finite.any() else (np.inf, -np.inf)
     on_surface = (z >= lo) & (z <= hi)  # NaN compares False
     count = int(on_surface.sum())
     if count < cfg.min_points:
         reason = f"too few depth points ({count} < {cfg.min_points})"
         return Object3D.invalid(index, name, score, reason, count)
-    points = k.backproject(*grid.pixels(on_surface), z[on_surface])
+    points = k.backproject(cells.u[on_surface], cells.v[on_surface], z[on_surface])
     # Pixels without depth stay in the silhouette; pixels on another surface do not.
-    elsewhere = (grid.depth < lo - cfg.cluster_gap_m) | (grid.depth > hi + cfg.cluster_gap_m)
-    u, v = grid.row_ends(grid.mask & ~elsewhere)
+    elsewhere = (cells.depth < lo - cfg.cluster_gap_m) | (cells.depth > hi + cfg.cluster_gap_m)
+    u, v = cells.row_ends(~elsewhere)
     rays = np.stack([(u - k.cx) / k.fx, (v - k.cy) / k.fy, np.ones(len(u))], 1)
     return _estimate(index, name, score, points, rays, cfg)
 
 
 @dataclass(frozen=True)
-class _Grid:
-    """The crop around one mask, subsampled by ``step`` to at most about ``max_points``."""
+class _Cells:
+    """The pixels of one mask, on a grid subsampled by ``step`` to at most about ``max_points``.
 
-    x0: int
-    y0: int
+    Work is proportional to the mask's cells, not to its bounding box: a sparse mask
+    spread over the image costs what a compact one does. Cells come in row-major order.
+    """
+
     step: int
-    mask: np.ndarray  # (h, w) bool, the mask as given
-    eroded: np.ndarray  # (h, w) bool, the mask without its rim
-    depth: np.ndarray  # (h, w) float64 metres, NaN where unusable
+    shape: tuple[int, int]  # the grid's (rows, columns)
+    rows: np.ndarray  # (M,) grid row of each cell, ascending
+    cols: np.ndarray  # (M,) grid column of each cell
+    u: np.ndarray  # (M,) float64 image column
+    v: np.ndarray  # (M,) float64 image row
+    inner: np.ndarray  # (M,) bool: the cell survives erosion (not on the mask's rim)
+    depth: np.ndarray  # (M,) float64 metres, NaN where unusable
 
     @classmethod
-    def of(cls, mask: np.ndarray, depth: np.ndarray, cfg: FusionConfig) -> _Grid | str:
-        """Return the grid of one mask, or why there is none."""
+    def of(cls, mask: np.ndarray, depth: np.ndarray, cfg: FusionConfig) -> _Cells | str:
+        """Return the cells of one mask, or why there are none."""
         m8 = np.ascontiguousarray(mask).view(np.uint8)
         x, y, w, h = cv2.boundingRect(m8)
         if w == 0:
@@ -247,58 +254,63 @@ class _Grid:
         x0, y0 = max(x - e, 0), max(y - e, 0)
         crop = m8[y0:y + h + e, x0:x + w + e]
         eroded = cv2.erode(crop, np.ones((3, 3), np.uint8), iterations=e) if e else crop
-        count = cv2.countNonZero(eroded)
-        if not count:
+        if not cv2.countNonZero(eroded):
             return "mask empty after erosion"
-        step = max(1, int(np.sqrt(count / cfg.max_points)))
-        z = depth[y0:y + h + e:step, x0:x + w + e:step].astype(np.float64)
+        step = max(1, int(np.sqrt(cv2.countNonZero(crop) / cfg.max_points)))
+        grid = crop[::step, ::step]
+        rows, cols = np.nonzero(grid)
+        v, u = y0 + step * rows, x0 + step * cols
+        z = depth[v, u].astype(np.float64)
         near, far = cfg.depth_range
         z[~((z > near) & (z < far))] = np.nan  # NaN compares False: holes stay holes
-        return cls(x0, y0, step, crop[::step, ::step] > 0, eroded[::step, ::step] > 0, z)
+        inner = eroded[::step, ::step][rows, cols] > 0
+        return cls(step, grid.shape, rows, cols, u.astype(np.float64), v.astype(np.float64),
+                   inner, z)
 
-    def pixels(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return the image columns and rows (float64) of the selected grid cells."""
-        v, u = np.nonzero(cells)
-        return self._image(u, v)
-
-    def row_ends(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return columns and rows of the first and last selected cell of every row.
+    def row_ends(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return columns and rows of the first and last kept cell of every grid row.
 
         Every extent of the selection (in any direction) is reached at one of them, at a
         fraction of the cost of all cells.
         """
-        rows = np.flatnonzero(cells.any(axis=1))
-        first = cells[rows].argmax(axis=1)
-        last = cells.shape[1] - 1 - cells[rows, ::-1].argmax(axis=1)
-        return self._image(np.r_[first, last], np.r_[rows, rows])
-
-    def _image(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (self.x0 + self.step * u).astype(np.float64), \
-            (self.y0 + self.step * v).astype(np.float64)
+        rows, u, v = self.rows[keep], self.u[keep], self.v[keep]
+        breaks = np.flatnonzero(rows[1:] != rows[:-1])
+        first = np.concatenate([[0], breaks + 1])
+        last = np.concatenate([breaks, [len(rows) - 1]])
+        return np.concatenate([u[first], u[last]]), np.concatenate([v[first], v[last]])
 
 
-def _drop_spikes(z: np.ndarray, cfg: FusionConfig) -> np.ndarray:
-    """Return ``z`` with NaN where a pixel disagrees with all of its (>= 2) valid neighbours.
+def _drop_spikes(z: np.ndarray, cells: _Cells, cfg: FusionConfig) -> np.ndarray:
+    """Return ``z`` with NaN where a cell disagrees with all of its (>= 2) valid neighbours.
 
-    The tolerance is ``mad_k`` robust sigmas of the differences between neighbours, so it
-    follows the sensor's noise at that depth and the slope of the surface.
+    ``z`` holds one depth per cell (NaN: no depth); neighbours are the cells above, below,
+    left and right on the grid. The tolerance is ``mad_k`` robust sigmas of the
+    differences between neighbours, so it follows the sensor's noise at that depth and the
+    slope of the surface.
 
     Example:
-        >>> z = np.full((3, 4), 1.0); z[1, 1] = 1.2  # a flying pixel
-        >>> np.isnan(_drop_spikes(z, FusionConfig())).sum()
-        np.int64(1)
+        >>> m = np.ones((3, 4), bool)
+        >>> cells = _Cells.of(m, np.ones((3, 4), np.float32), FusionConfig(erode_px=0))
+        >>> z = np.ones(12); z[5] = 1.2  # a flying pixel, row 1 column 1
+        >>> np.flatnonzero(np.isnan(_drop_spikes(z, cells, FusionConfig()))).tolist()
+        [5]
     """
-    dv, dh = np.abs(np.diff(z, axis=0)), np.abs(np.diff(z, axis=1))
-    pairs = np.concatenate([dv.ravel(), dh.ravel()])
-    pairs = pairs[np.isfinite(pairs)]
+    valid = np.flatnonzero(~np.isnan(z))
+    width = cells.shape[1] + 2  # the grid padded with a NaN border: no bounds checks
+    padded = np.full((cells.shape[0] + 2) * width, np.nan)
+    at = (cells.rows[valid] + 1) * width + cells.cols[valid] + 1
+    padded[at] = z[valid]
+    diff = np.abs(padded[at + np.array([[-width], [width], [-1], [1]])] - z[valid])
+    known = ~np.isnan(diff)
+    # Each neighbour pair appears twice (once from each side): the median is unchanged.
+    pairs = diff[known]
     if not pairs.size:
         return z
     tol = max(cfg.mad_k * MAD_TO_SIGMA * float(np.median(pairs)), cfg.mad_floor_m)
-    diff = np.full((4, *z.shape), np.nan)  # to the neighbour above, below, left, right
-    diff[0, 1:], diff[1, :-1], diff[2, :, 1:], diff[3, :, :-1] = dv, dv, dh, dh
-    known = np.isfinite(diff)
     spike = (known.sum(axis=0) >= 2) & ~(diff <= tol).any(axis=0)
-    return np.where(spike, np.nan, z)
+    out = z.copy()
+    out[valid[spike]] = np.nan
+    return out
 
 
 def _surface_range(z: np.ndarray, cfg: FusionConfig) -> tuple[float, float]:
@@ -310,8 +322,8 @@ def _surface_range(z: np.ndarray, cfg: FusionConfig) -> tuple[float, float]:
         (1.0, 1.002)
     """
     zs = np.sort(z)
-    cuts = np.flatnonzero(np.diff(zs) > cfg.cluster_gap_m)
-    starts, ends = np.r_[0, cuts + 1], np.r_[cuts + 1, len(zs)]
+    cuts = np.flatnonzero(np.diff(zs) > cfg.cluster_gap_m) + 1
+    starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(zs)]])
     counts = ends - starts
     first = int(np.argmax(counts >= cfg.near_cluster_ratio * counts.max()))
     return float(zs[starts[first]]), float(zs[ends[first] - 1])

@@ -221,6 +221,7 @@ def export(model_pt: Path, data_yaml: Path, *, out: Path | None = None, imgsz: i
     started = time.perf_counter()
     fp32_dir, int8_dir = export_openvino(model_pt, data_yaml, out, imgsz=imgsz,
                                          fraction=calibration_fraction)
+    assert int8_dir is not None  # int8=True
     exported = time.perf_counter()
     report = verify(fp32_dir, int8_dir, data_yaml, imgsz=imgsz, tolerance=tolerance,
                     samples=samples, work=out / ".work")
@@ -305,11 +306,11 @@ def val_images(data_yaml: Path) -> list[Path]:
 
 # -- export ---------------------------------------------------------------------------------------
 def export_openvino(model_pt: Path, data_yaml: Path, out: Path, *, imgsz: int,
-                    fraction: float = 1.0) -> tuple[Path, Path]:
+                    fraction: float = 1.0, int8: bool = True) -> tuple[Path, Path | None]:
     """Export ``model_pt`` with ultralytics as ``out/fp32`` and ``out/int8``; return both.
 
     The weights are copied into ``out/.work`` first, since ultralytics writes exports beside
-    the weights they come from.
+    the weights they come from. ``int8=False`` exports FP32 only (the second path is None).
 
     Raises:
         ExportError: ultralytics or NNCF failed (the message says which export).
@@ -318,23 +319,27 @@ def export_openvino(model_pt: Path, data_yaml: Path, out: Path, *, imgsz: int,
     work.mkdir(parents=True, exist_ok=True)
     weights = work / model_pt.name
     shutil.copy2(model_pt, weights)
-    dirs = []
-    for name, args in (("fp32", {}), ("int8", {"quantize": 8, "data": str(data_yaml),
-                                               "fraction": fraction})):
-        with _offline():
-            try:
-                from ultralytics import YOLO  # noqa: PLC0415
+    fp32 = _export_one(weights, out / "fp32", model_pt, imgsz=imgsz)
+    if not int8:
+        return fp32, None
+    return fp32, _export_one(weights, out / "int8", model_pt, imgsz=imgsz, quantize=8,
+                             data=str(data_yaml), fraction=fraction)
 
-                made = Path(YOLO(weights).export(format="openvino", imgsz=imgsz, verbose=False,
-                                                 **args))
-            except Exception as err:  # ultralytics/NNCF raise anything; name the step
-                shutil.rmtree(work, ignore_errors=True)
-                raise ExportError(f"{name.upper()} OpenVINO export of {model_pt} failed: "
-                                  f"{_one_line(err)}") from err
-        target = out / name
-        shutil.move(str(made), target)
-        dirs.append(target)
-    return dirs[0], dirs[1]
+
+def _export_one(weights: Path, target: Path, source: Path, *, imgsz: int, **args: Any) -> Path:
+    """Export ``weights`` with ultralytics and move the export directory to ``target``."""
+    with _offline():
+        try:
+            from ultralytics import YOLO  # noqa: PLC0415
+
+            made = Path(YOLO(weights).export(format="openvino", imgsz=imgsz, verbose=False,
+                                             **args))
+        except Exception as err:  # ultralytics/NNCF raise anything; name the step
+            shutil.rmtree(weights.parent, ignore_errors=True)
+            raise ExportError(f"{target.name.upper()} OpenVINO export of {source} failed: "
+                              f"{_one_line(err)}") from err
+    shutil.move(str(made), target)
+    return target
 
 
 @contextmanager

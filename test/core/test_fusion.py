@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from cv_autolabel.core.fusion import FusionConfig, Object3D, estimate_center, fuse
+from cv_autolabel.core.fusion import FusionConfig, Object3D, _Cells, estimate_center, fuse
 from cv_autolabel.core.geometry import quat_to_matrix
 from cv_autolabel.core.instances import Instances
 from cv_autolabel.core.types import CameraIntrinsics
@@ -163,6 +163,20 @@ def test_fusion_takes_a_few_milliseconds_per_frame(world: World) -> None:
           f"{np.mean(world.instances_per_frame):.1f} instances (median of "
           f"{len(world.seconds_per_frame)} frames)")
     assert per_frame < 50.0, f"{per_frame:.1f} ms per frame"
+
+
+def test_a_sparse_mask_over_the_whole_image_costs_no_more_than_a_compact_one() -> None:
+    # A speckled mask (a model's noise) spans the image; the work must follow its pixels,
+    # bounded by max_points, not its bounding box.
+    cfg = FusionConfig()
+    speckle = np.zeros((K.height, K.width), bool)
+    speckle[::3, ::3] = True
+    speckle[200:260, 300:360] = True  # and one real blob
+    cells = _Cells.of(speckle, np.full(speckle.shape, 0.8, np.float32), cfg)
+    assert not isinstance(cells, str)
+    assert len(cells.rows) <= 2 * cfg.max_points
+    obj = fuse(_one(speckle), np.full(speckle.shape, 0.8, np.float32), K, cfg)[0]
+    assert obj.valid and abs(obj.depth - 0.8) < 1e-6
 
 
 # -- constructed depth -----------------------------------------------------------------------
