@@ -20,7 +20,8 @@ def class_color(class_id: int) -> tuple[int, int, int]:
 
 
 def draw_instances(rgb: np.ndarray, instances: Instances,
-                   labels: Sequence[str] | None = None, alpha: float = 0.45) -> np.ndarray:
+                   labels: Sequence[str] | None = None, alpha: float = 0.45,
+                   class_order: Sequence[str] | None = None) -> np.ndarray:
     """Return a copy of ``rgb`` with masks blended, outlines, boxes and one label each.
 
     Args:
@@ -28,12 +29,16 @@ def draw_instances(rgb: np.ndarray, instances: Instances,
         instances: what to draw.
         labels: text per instance (default: "class score").
         alpha: mask opacity.
+        class_order: class names whose positions pick the colours (default: the instances'
+            own ``class_names``), so two models with different class lists can share colours.
     """
     out = rgb.copy()
     if len(instances) == 0:
         return out
     texts = labels or [f"{n} {s:.2f}" for n, s in zip(instances.names(), instances.scores)]
-    colors = np.array([class_color(int(c)) for c in instances.class_ids], np.float32)
+    order = list(class_order or instances.class_names)
+    colors = np.array([class_color(order.index(n) if n in order else len(order))
+                       for n in instances.names()], np.float32)
     for mask, color in zip(instances.masks, colors):
         out[mask] = (out[mask] * (1 - alpha) + color * alpha).astype(np.uint8)
     for mask, box, color, text in zip(instances.masks, instances.boxes, colors, texts):
@@ -66,11 +71,11 @@ def review_image(rgb: np.ndarray, student: Instances, teacher: Instances,
         score: the frame's disagreement score.
     """
     h, w = rgb.shape[:2]
-    left = draw_instances(rgb, student)
-    right = draw_instances(rgb, teacher)
+    classes = list(dict.fromkeys(teacher.class_names + student.class_names))
+    left = draw_instances(rgb, student, class_order=classes)  # a class has one colour
+    right = draw_instances(rgb, teacher, class_order=classes)
     for panel, title in ((left, f"student ({len(student)})"), (right, f"teacher ({len(teacher)})")):
         _label(panel, title, (4, 16), (255, 255, 255))
-    classes = list(dict.fromkeys(teacher.class_names + student.class_names))
     lines = [f"disagreement score {score:.2f}"] + list(reasons)[:12]
     if len(reasons) > 12:
         lines.append(f"... and {len(reasons) - 12} more")
@@ -79,8 +84,7 @@ def review_image(rgb: np.ndarray, student: Instances, teacher: Instances,
         cv2.putText(footer, text, (6, 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                     (0, 0, 0), 1, cv2.LINE_AA)
     x = 6
-    for name in classes:
-        idx = teacher.class_names.index(name) if name in teacher.class_names else 0
+    for idx, name in enumerate(classes):
         cv2.rectangle(footer, (x, footer.shape[0] - 14), (x + 10, footer.shape[0] - 4),
                       class_color(idx), -1)
         cv2.putText(footer, name, (x + 14, footer.shape[0] - 4), cv2.FONT_HERSHEY_SIMPLEX,

@@ -1,0 +1,411 @@
+"""Label efficiency: selection by student/teacher disagreement vs random selection.
+
+The synthetic bin world stands in for the robot. Pool recordings go through the robot's dedup
+(the novel frames are the pool); held-out recordings are the test set. For each seed, both
+arms start from the same random seed set and the same model trained on it; then, each round,
+each arm picks ``--budget`` more pool frames for labelling, fine-tunes its previous model on
+everything labelled so far and is scored (mask mAP50-95) on the test set:
+
+- **random**: a uniform draw from the unlabelled pool.
+- **disagreement**: the active-learning node's choice. The arm's current student (its model
+  exported to OpenVINO FP32, run by the detector's runtime) is compared with the teacher
+  (``core.disagreement.compare``) on every unlabelled pool frame, and the highest scores are
+  taken, which is what the bounded annotation queue keeps (it evicts its lowest score first).
+
+The teacher is the synthetic world's ground truth (SAM3 on the robot), and the labels a person
+would return from CVAT are the teacher's masks, so both arms get identical labels for a frame.
+Every training in a round gets the same compute (``--iters`` images seen; epochs =
+iters / labelled images), from scratch for the seed model and fine-tuning after that.
+
+Run:  .venv/bin/python benchmarks/active_learning/bench_label_efficiency.py
+      (about an hour on a 2-core CPU; ``--quick`` checks the plumbing in a few minutes)
+Writes results.json and label_efficiency.png beside this file (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ARMS = ("random", "disagreement")
+
+
+# -- pure helpers (tested in test/benchmarks) ----------------------------------------------------
+
+def labels_to_reach(labelled: Sequence[float], maps: Sequence[float], target: float) -> float | None:
+    """Labelled images at which a mAP curve first reaches ``target``, linearly interpolated.
+
+    Returns None when the curve never reaches it.
+
+    Example:
+        >>> labels_to_reach([20, 40, 60], [0.1, 0.2, 0.4], 0.3)
+        50.0
+        >>> labels_to_reach([20, 40], [0.1, 0.2], 0.3) is None
+        True
+    """
+    if maps and maps[0] >= target:
+        return float(labelled[0])
+    for (x0, y0), (x1, y1) in zip(zip(labelled, maps), zip(labelled[1:], maps[1:])):
+        if y1 >= target:
+            return float(x0 + (x1 - x0) * (target - y0) / (y1 - y0))
+    return None
+
+
+def top_scores(scores: dict[int, float], k: int, rng: np.random.Generator) -> list[int]:
+    """The ``k`` keys with the highest scores; ties are broken at random.
+
+    Example:
+        >>> top_scores({1: 0.2, 2: 0.9, 3: 0.5}, 2, np.random.default_rng(0))
+        [2, 3]
+    """
+    keys = list(scores)
+    tiebreak = rng.random(len(keys))
+    order = sorted(range(len(keys)), key=lambda i: (-scores[keys[i]], tiebreak[i]))
+    return [keys[i] for i in order[:k]]
+
+
+def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Mean/std mAP per arm and round over seeds, and the label-efficiency verdict.
+
+    ``runs[arm][seed]`` is that arm's list of rounds (``labelled``, ``map``), round 0 first.
+    """
+    curves: dict[str, dict[str, list[float]]] = {}
+    for arm, by_seed in runs.items():
+        rounds = list(zip(*by_seed.values()))
+        curves[arm] = {
+            "labelled": [float(np.mean([r["labelled"] for r in rs])) for rs in rounds],
+            "map_mean": [float(np.mean([r["map"] for r in rs])) for rs in rounds],
+            "map_std": [float(np.std([r["map"] for r in rs])) for rs in rounds]}
+    rnd, dis = curves["random"], curves["disagreement"]
+    target = rnd["map_mean"][-1]
+    reach = labels_to_reach(dis["labelled"], dis["map_mean"], target)
+    final_labels = rnd["labelled"][-1]
+    per_seed = {}
+    for seed in runs["random"]:
+        r = runs["random"][seed]
+        d = runs["disagreement"][seed]
+        hit = labels_to_reach([x["labelled"] for x in d], [x["map"] for x in d], r[-1]["map"])
+        per_seed[str(seed)] = None if hit is None else round(hit / r[-1]["labelled"], 3)
+    ratio = None if reach is None else reach / final_labels
+    return {"curves": curves, "random_final_map": target, "random_final_labels": final_labels,
+            "disagreement_labels_to_reach": reach, "label_ratio": ratio,
+            "label_ratio_per_seed": per_seed, "target_ratio": 0.6,
+            "target_met": ratio is not None and ratio <= 0.6}
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+@dataclass
+class PoolFrame:
+    """One novel pool frame: its image and label file, and the teacher's label image."""
+
+    name: str
+    image: Path
+    label_lines: list[str]
+    labels: np.ndarray
+    classes: dict[int, str]
+
+
+def _sim(cache: Path, seed: int, args: argparse.Namespace, per_class: int) -> Path:
+    from cv_autolabel.tools.sim.run import SimConfig, simulate  # noqa: PLC0415
+
+    bag = cache / "bags" / f"seed{seed}_{args.frames}f_{args.width}x{args.height}_pc{per_class}"
+    if not bag.exists():
+        simulate(SimConfig(frames=args.frames, seed=seed, width=args.width, height=args.height,
+                           per_class=per_class), bag)
+    return bag
+
+
+def _yolo_lines(labels: np.ndarray, classes: dict[int, str], names: Sequence[str]) -> list[str]:
+    from cv_autolabel.core.rle import uncompressed_rle  # noqa: PLC0415
+    from cv_autolabel.tools.prepare import segmentation_to_polygons  # noqa: PLC0415
+
+    h, w = labels.shape
+    lines = []
+    for i in np.unique(labels).tolist():
+        if not i or classes.get(i) not in names:
+            continue
+        for poly in segmentation_to_polygons(uncompressed_rle(labels == i), h, w):
+            xy = np.clip(poly / (w, h), 0.0, 1.0).ravel()
+            lines.append(f"{names.index(classes[i])} " + " ".join(f"{v:.6f}" for v in xy))
+    return lines
+
+
+def _frames(bag: Path) -> list[tuple[Any, Any]]:
+    """(frame, ground truth) of every frame of a synthetic bag."""
+    from cv_autolabel.ros.bag import BagReader  # noqa: PLC0415
+    from cv_autolabel.ros.frames import iter_frames  # noqa: PLC0415
+    from cv_autolabel.ros.ground_truth import iter_ground_truth  # noqa: PLC0415
+
+    with BagReader(bag) as reader:
+        truth = {gt.stamp_ns: gt for gt in iter_ground_truth(reader)}
+        return [(f, truth[f.stamp_ns]) for f in iter_frames(reader)]
+
+
+def build_pool(bags: list[Path], out: Path, names: Sequence[str]) -> list[PoolFrame]:
+    """Dedup the pool recordings as the robot would; write the novel frames as PNGs."""
+    from cv_autolabel.core.dedup import DedupSettings, open_deduplicator  # noqa: PLC0415
+
+    out.mkdir(parents=True, exist_ok=True)
+    dedup = open_deduplicator(DedupSettings(data_dir=out / "dedup", db_uri=":memory:"))
+    pool: list[PoolFrame] = []
+    try:
+        for b, bag in enumerate(bags):
+            for n, (frame, gt) in enumerate(_frames(bag)):
+                if not dedup.process(frame, source=str(bag)).novel:
+                    continue
+                name = f"b{b}_{n:04d}"
+                path = out / "images" / f"{name}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+                classes = {i: str(r["class"]) for i, r in gt.instances.items()}
+                pool.append(PoolFrame(name, path, _yolo_lines(gt.labels, classes, names),
+                                      gt.labels, classes))
+    finally:
+        dedup.close_all()
+    return pool
+
+
+def build_test(bags: list[Path], out: Path, names: Sequence[str], every: int) -> Path:
+    """Every ``every``-th frame of the held-out recordings as a YOLO image/label folder."""
+    images, labels = out / "images", out / "labels"
+    if images.is_dir():
+        return images
+    tmp_images, tmp_labels = out / "images.tmp", out / "labels.tmp"
+    for d in (tmp_images, tmp_labels):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    for b, bag in enumerate(bags):
+        for n, (frame, gt) in enumerate(_frames(bag)):
+            if n % every:
+                continue
+            cv2.imwrite(str(tmp_images / f"t{b}_{n:04d}.png"),
+                        cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+            classes = {i: str(r["class"]) for i, r in gt.instances.items()}
+            (tmp_labels / f"t{b}_{n:04d}.txt").write_text(
+                "\n".join(_yolo_lines(gt.labels, classes, names)) + "\n")
+    tmp_labels.rename(labels)
+    tmp_images.rename(images)
+    return images
+
+
+def write_dataset(root: Path, frames: Sequence[PoolFrame], test_images: Path,
+                  names: Sequence[str]) -> Path:
+    """A YOLO dataset: ``frames`` as train (linked images), the test set as val."""
+    images, labels = root / "images" / "train", root / "labels" / "train"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for f in frames:
+        (images / f.image.name).symlink_to(f.image)
+        (labels / f"{f.name}.txt").write_text("\n".join(f.label_lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: {test_images}\n"
+                    f"names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)))
+    return data
+
+
+# -- one round ------------------------------------------------------------------------------------
+
+def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
+                names: Sequence[str], *, init: str, args: argparse.Namespace,
+                seed: int) -> dict[str, Any]:
+    """Train on ``frames`` (from ``init``); return labelled count, test mAP and weights."""
+    from cv_autolabel.tools.train import train  # noqa: PLC0415
+
+    if root.exists():
+        shutil.rmtree(root)
+    data = write_dataset(root / "data", frames, test_images, names)
+    epochs = max(1, round(args.iters / len(frames)))
+    started = time.perf_counter()
+    run = train(data, model=init, epochs=epochs, imgsz=args.imgsz, batch=8, out=root,
+                name="run", seed=seed, tracking="none", patience=epochs,
+                extra={"val": False})  # validated once, at the end, on the test set
+    return {"labelled": len(frames), "map": run["metrics"]["mask_map50_95"],
+            "map50": run["metrics"]["mask_map50"], "epochs": epochs,
+            "train_s": round(time.perf_counter() - started, 1),
+            "weights": run["last_weights"]}
+
+
+def disagreement_scores(weights: str, pool: Sequence[PoolFrame], candidates: Sequence[int],
+                        names: Sequence[str], work: Path, imgsz: int) -> dict[int, float]:
+    """The active-learning score of every candidate pool frame under the student ``weights``."""
+    from cv_autolabel.core.disagreement import compare  # noqa: PLC0415
+    from cv_autolabel.core.instances import Instances  # noqa: PLC0415
+    from cv_autolabel.core.segmenters import create_segmenter  # noqa: PLC0415
+    from cv_autolabel.tools.export import export_openvino  # noqa: PLC0415
+
+    if work.exists():
+        shutil.rmtree(work)
+    fp32, _ = export_openvino(Path(weights), Path(), work, imgsz=imgsz, int8=False)
+    student = create_segmenter("yolo", model_dir=fp32)
+    scores = {}
+    for i in candidates:
+        f = pool[i]
+        rgb = cv2.cvtColor(cv2.imread(str(f.image)), cv2.COLOR_BGR2RGB)
+        teacher = Instances.from_label_image(f.labels, f.classes, names)
+        scores[i] = compare(student.segment(rgb), teacher).score
+    return scores
+
+
+def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequence[str],
+             work: Path, args: argparse.Namespace,
+             log: Any) -> dict[str, list[dict[str, Any]]]:
+    rng = np.random.default_rng(seed)
+    initial = rng.choice(len(pool), args.seed_size, replace=False).tolist()
+    log(f"seed {seed}: round 0, {len(initial)} labelled, training from scratch ...")
+    first = train_round(work / f"seed{seed}" / "round0", [pool[i] for i in initial], test_images,
+                        names, init="yolo11n-seg.yaml", args=args, seed=seed)
+    log(f"   mask mAP50-95 {first['map']:.3f} ({first['train_s']} s)")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for arm in ARMS:
+        arm_rng = np.random.default_rng([seed, ARMS.index(arm)])
+        labelled, rounds = list(initial), [dict(first)]
+        for r in range(1, args.rounds + 1):
+            taken = set(labelled)
+            rest = [i for i in range(len(pool)) if i not in taken]
+            if arm == "random":
+                picked = arm_rng.choice(rest, min(args.budget, len(rest)), replace=False).tolist()
+            else:
+                scores = disagreement_scores(rounds[-1]["weights"], pool, rest, names,
+                                             work / f"seed{seed}" / arm / f"student{r}",
+                                             args.imgsz)
+                picked = top_scores(scores, args.budget, arm_rng)
+                log(f"   {arm} round {r}: picked scores {np.mean([scores[i] for i in picked]):.2f} "
+                    f"mean (pool mean {np.mean(list(scores.values())):.2f})")
+            labelled += picked
+            result = train_round(work / f"seed{seed}" / arm / f"round{r}",
+                                 [pool[i] for i in labelled], test_images, names,
+                                 init=rounds[-1]["weights"], args=args, seed=seed)
+            log(f"   {arm} round {r}: {len(labelled)} labelled, mask mAP50-95 "
+                f"{result['map']:.3f} ({result['train_s']} s)")
+            rounds.append(result)
+        out[arm] = rounds
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def table(summary: dict[str, Any]) -> str:
+    rnd, dis = summary["curves"]["random"], summary["curves"]["disagreement"]
+    lines = ["| round | labelled | random mask mAP50-95 | disagreement mask mAP50-95 |",
+             "|---:|---:|---:|---:|"]
+    for r, n in enumerate(rnd["labelled"]):
+        lines.append(f"| {r} | {n:.0f} | {rnd['map_mean'][r]:.3f} ± {rnd['map_std'][r]:.3f} | "
+                     f"{dis['map_mean'][r]:.3f} ± {dis['map_std'][r]:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for arm, colour in zip(ARMS, ("tab:gray", "tab:red")):
+        c = summary["curves"][arm]
+        x, y, s = (np.array(c[k]) for k in ("labelled", "map_mean", "map_std"))
+        ax.plot(x, y, "o-", color=colour, label=f"{arm} (mean of {len(runs[arm])} seeds)")
+        ax.fill_between(x, y - s, y + s, color=colour, alpha=0.15)
+    ax.axhline(summary["random_final_map"], color="tab:gray", ls=":", lw=1,
+               label="random's final mAP")
+    if summary["disagreement_labels_to_reach"] is not None:
+        ax.axvline(summary["disagreement_labels_to_reach"], color="tab:red", ls=":", lw=1)
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("test mask mAP50-95")
+    ax.set_title("Label efficiency on the synthetic bin world")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rounds", type=int, default=3, help="selection rounds after the seed set")
+    p.add_argument("--seed-size", type=int, default=24, help="random seed set (labelled)")
+    p.add_argument("--budget", type=int, default=24, help="frames labelled per round")
+    p.add_argument("--iters", type=int, default=1500,
+                   help="images seen per training (epochs = iters / labelled)")
+    p.add_argument("--pool-bags", type=int, default=12,
+                   help="pool recordings (dedup keeps about 1 frame in 10)")
+    p.add_argument("--test-bags", type=int, default=2)
+    p.add_argument("--test-every", type=int, default=3, help="test set: every n-th frame")
+    p.add_argument("--frames", type=int, default=300, help="frames per recording")
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cv_bench_al")
+    p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--quick", action="store_true",
+                   help="plumbing check: 1 seed, 1 round, tiny trainings")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.rounds, args.iters, args.frames = [0], 1, 48, 80
+        args.pool_bags, args.test_bags, args.seed_size, args.budget = 4, 1, 6, 6
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:7.0f} s] {msg}", flush=True)
+
+    names = ("red_can", "blue_can")
+    per_class = (3, 5, 4, 6)
+    pool_bags = [_sim(args.cache, 1000 + i, args, per_class[i % 4]) for i in range(args.pool_bags)]
+    test_bags = [_sim(args.cache, 2000 + i, args, per_class[(i + 1) % 4])
+                 for i in range(args.test_bags)]
+    log(f"recordings ready: {len(pool_bags)} pool, {len(test_bags)} test")
+    work = args.cache / ("work_quick" if args.quick else "work")
+    shutil.rmtree(work, ignore_errors=True)
+    pool = build_pool(pool_bags, work / "pool", names)
+    test_images = build_test(test_bags, work / "test", names, args.test_every)
+    log(f"pool: {len(pool)} novel frames of {len(pool_bags) * args.frames}; "
+        f"test: {len(list(test_images.iterdir()))} frames")
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in ARMS}
+    for seed in args.seeds:
+        for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log).items():
+            runs[arm][seed] = rounds
+    summary = summarise(runs)
+    from cv_autolabel.tools.machine import cpu_model  # noqa: PLC0415
+
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": cpu_model(),
+              "cpus": os.cpu_count(), "python": platform.python_version(),
+              "settings": {k: (str(v) if isinstance(v, Path) else v)
+                           for k, v in vars(args).items()},
+              "pool_frames": len(pool), "test_frames": len(list(test_images.iterdir())),
+              "runs": runs, "summary": summary,
+              "duration_s": round(time.perf_counter() - started, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    (args.out / f"results{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(summary, runs, args.out / f"label_efficiency{suffix}.png")
+    print("\n" + table(summary))
+    ratio = summary["label_ratio"]
+    print(f"\nrandom reaches mask mAP50-95 {summary['random_final_map']:.3f} with "
+          f"{summary['random_final_labels']:.0f} labels; disagreement reaches it with "
+          + ("never (within these rounds)" if ratio is None else
+             f"{summary['disagreement_labels_to_reach']:.0f} ({ratio:.0%}); target <= 60%: "
+             f"{'met' if summary['target_met'] else 'not met'}"))
+    log(f"done in {math.ceil(time.perf_counter() - started)} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()

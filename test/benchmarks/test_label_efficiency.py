@@ -1,0 +1,63 @@
+"""The label-efficiency benchmark's verdict: how "labels to reach random's final mAP" is read."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks/active_learning/bench_label_efficiency.py"
+_spec = importlib.util.spec_from_file_location("bench_label_efficiency", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench  # its dataclasses look their module up
+_spec.loader.exec_module(bench)
+
+
+def _rounds(labelled: list[int], maps: list[float]) -> list[dict]:
+    return [{"labelled": n, "map": m} for n, m in zip(labelled, maps)]
+
+
+def test_labels_to_reach_interpolates_between_rounds() -> None:
+    assert bench.labels_to_reach([24, 48, 72], [0.1, 0.2, 0.4], 0.3) == pytest.approx(60.0)
+    assert bench.labels_to_reach([24, 48], [0.3, 0.5], 0.2) == 24.0  # reached at the seed set
+    assert bench.labels_to_reach([24, 48], [0.1, 0.2], 0.25) is None  # never reached
+
+
+def test_a_curve_that_dips_counts_its_first_crossing() -> None:
+    assert bench.labels_to_reach([10, 20, 30, 40], [0.1, 0.3, 0.2, 0.4], 0.3) == 20.0
+
+
+def test_top_scores_takes_the_highest_and_breaks_ties_at_random() -> None:
+    scores = {i: 1.0 for i in range(10)} | {10: 0.1, 11: 0.2}
+    picks = [tuple(bench.top_scores(scores, 3, np.random.default_rng(s))) for s in range(5)]
+    assert all(set(p) <= set(range(10)) for p in picks)  # only the tied top scores
+    assert len(set(picks)) > 1  # ties are not broken by order of arrival
+    assert bench.top_scores({1: 0.2, 2: 0.9, 3: 0.5}, 2, np.random.default_rng(0)) == [2, 3]
+
+
+def test_summary_compares_against_random_final_map_averaged_over_seeds() -> None:
+    runs = {"random": {0: _rounds([24, 48, 72, 96], [0.10, 0.20, 0.25, 0.30]),
+                       1: _rounds([24, 48, 72, 96], [0.10, 0.18, 0.26, 0.30])},
+            "disagreement": {0: _rounds([24, 48, 72, 96], [0.10, 0.26, 0.34, 0.40]),
+                             1: _rounds([24, 48, 72, 96], [0.10, 0.24, 0.30, 0.38])}}
+    s = bench.summarise(runs)
+    assert s["random_final_map"] == pytest.approx(0.30)
+    assert s["random_final_labels"] == 96
+    # mean disagreement curve 0.10, 0.25, 0.32: crosses 0.30 at 48 + 24 * 0.05 / 0.07
+    assert s["disagreement_labels_to_reach"] == pytest.approx(48 + 24 * 0.05 / 0.07)
+    assert s["label_ratio"] == pytest.approx((48 + 24 * 0.05 / 0.07) / 96)
+    assert s["target_met"] is False  # 0.68 > 0.6
+    assert s["label_ratio_per_seed"] == {"0": pytest.approx(60 / 96),
+                                         "1": pytest.approx(72 / 96)}
+    assert s["curves"]["random"]["map_std"][1] == pytest.approx(0.01)
+
+
+def test_summary_says_when_disagreement_never_reaches_random() -> None:
+    runs = {"random": {0: _rounds([24, 48], [0.1, 0.3])},
+            "disagreement": {0: _rounds([24, 48], [0.1, 0.2])}}
+    s = bench.summarise(runs)
+    assert s["disagreement_labels_to_reach"] is None and s["label_ratio"] is None
+    assert s["target_met"] is False and s["label_ratio_per_seed"] == {"0": None}
