@@ -13,6 +13,7 @@ Topics (all stamped with the colour image's stamp, in the colour optical frame):
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,12 +90,33 @@ def _stamp_ns(msg: Any) -> int:
     return int(json.loads(msg.data)["stamp_ns"])  # std_msgs/String: the JSON has the stamp
 
 
+@dataclass(frozen=True)
+class _PackedTruth:
+    """One frame's truth as the segmenter keeps it: the label image zlib-compressed."""
+
+    labels: bytes
+    shape: tuple[int, ...]
+    dtype: str
+    classes: dict[int, str]
+
+    @classmethod
+    def of(cls, gt: GroundTruth) -> _PackedTruth:
+        labels = np.ascontiguousarray(gt.labels)
+        return cls(zlib.compress(labels.tobytes(), 1), labels.shape, labels.dtype.str,
+                   {i: str(r["class"]) for i, r in gt.instances.items()})
+
+    def unpack(self) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(self.labels), self.dtype).reshape(self.shape)
+
+
 class GroundTruthSegmenter:
     """Instances straight from a synthetic bag's truth, looked up by the frame's stamp.
 
     Lets the detector (fusion, outputs, picking) and the active-learning loop run without a
     trained model. Only target classes are returned (distractors are background to a picker
-    trained on the targets) unless ``class_names`` says otherwise.
+    trained on the targets) unless ``class_names`` says otherwise. Label images are kept
+    compressed (a 640x480 frame of a few objects takes ~10 kB instead of 600 kB), so a long
+    recording's truth fits in memory.
     """
 
     name = "groundtruth"
@@ -102,29 +124,34 @@ class GroundTruthSegmenter:
     def __init__(self, truths: Iterable[GroundTruth],
                  class_names: Sequence[str] | None = None, *, keep: int | None = None) -> None:
         self._keep = keep
-        self._by_stamp = {gt.stamp_ns: gt for gt in truths}
-        if class_names is None:
-            class_names = sorted({r["class"] for gt in self._by_stamp.values()
-                                  for r in gt.instances.values() if r.get("target", True)})
-        self.class_names = tuple(class_names)
+        self._by_stamp: dict[int, _PackedTruth] = {}
+        targets: set[str] = set()
+        for gt in truths:
+            self._by_stamp[gt.stamp_ns] = _PackedTruth.of(gt)
+            targets |= {str(r["class"]) for r in gt.instances.values() if r.get("target", True)}
+        self.class_names = tuple(sorted(targets) if class_names is None else class_names)
 
     def __len__(self) -> int:
         return len(self._by_stamp)
 
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of label images held (compressed)."""
+        return sum(len(p.labels) for p in self._by_stamp.values())
+
     def add(self, gt: GroundTruth) -> None:
         """Remember one frame's truth (a live node feeds it from the truth topics)."""
-        self._by_stamp[gt.stamp_ns] = gt
+        self._by_stamp[gt.stamp_ns] = _PackedTruth.of(gt)
         if self._keep is not None:
             while len(self._by_stamp) > self._keep:  # dicts keep insertion order
                 del self._by_stamp[next(iter(self._by_stamp))]
 
     def instances(self, stamp_ns: int) -> Instances:
         """Return the true instances of the frame stamped ``stamp_ns``."""
-        gt = self._by_stamp.get(stamp_ns)
-        if gt is None:
+        packed = self._by_stamp.get(stamp_ns)
+        if packed is None:
             raise MessageError(f"no ground truth recorded for stamp {stamp_ns}")
-        classes = {i: str(r["class"]) for i, r in gt.instances.items()}
-        return Instances.from_label_image(gt.labels, classes, self.class_names)
+        return Instances.from_label_image(packed.unpack(), packed.classes, self.class_names)
 
     def __call__(self, frame: Frame) -> Instances:
         return self.instances(frame.stamp_ns)
