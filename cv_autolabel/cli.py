@@ -210,12 +210,12 @@ def cmd_flush(args: argparse.Namespace) -> dict[str, Any]:
         raise CvAutolabelError(f"{args.queue} is not an annotation queue (no queue.sqlite3)")
     with AnnotationQueue(args.queue) as queue:
         names = _csv(args.classes) if args.classes else _queue_classes(queue, args.config)
+        result = flush(queue, args.out, class_names=names, limit=args.limit)
         reviewed = 0
-        if args.review is not None:
+        if args.review is not None and result.images:
             from cv_autolabel.components.active_learning import write_review_images  # noqa: PLC0415
 
-            reviewed = write_review_images(queue, args.review, limit=args.limit)
-        result = flush(queue, args.out, class_names=names, limit=args.limit)
+            reviewed = write_review_images(queue, args.review, ids=result.entry_ids)
     summary = {k: (str(v) if isinstance(v, Path) else v)
                for k, v in dataclasses.asdict(result).items()}
     summary["review_images"] = reviewed

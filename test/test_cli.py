@@ -151,3 +151,18 @@ def test_dedup_cli_errors(tmp_path: Path) -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: source not found")
+
+
+def test_flush_with_review_writes_a_review_image_per_exported_frame(
+        sim_bag: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cv_autolabel.tools.replay import replay_active_learning
+
+    queued = replay_active_learning(sim_bag, tmp_path / "queue")["queued"]
+    code, out, _ = _run(capsys, "flush", "--queue", str(tmp_path / "queue"), "--out",
+                        str(tmp_path / "batch.zip"), "--review", str(tmp_path / "review"),
+                        "--json")
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and summary["images"] == queued > 0
+    assert summary["review_images"] == queued
+    assert sorted(p.name for p in (tmp_path / "review").iterdir()) == [
+        f"{i:06d}.jpg" for i in summary["entry_ids"]]

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,8 +136,13 @@ class ActiveLearningComponent:
             name = type(err).__name__
             self.stats.errors[name] = self.stats.errors.get(name, 0) + 1
 
-    def flush(self, out_dir: Path, *, limit: int | None = None) -> FlushResult:
-        """Write the pending frames to a new COCO zip in ``out_dir`` (the ``~/flush`` service)."""
+    def flush(self, out_dir: Path, *, limit: int | None = None,
+              review: bool = False) -> FlushResult:
+        """Write the pending frames to a new COCO zip in ``out_dir`` (the ``~/flush`` service).
+
+        With ``review``, a side-by-side review image of every exported frame goes to
+        ``<zip stem>_review/`` beside the zip (:func:`write_review_images`).
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
         name = time.strftime("batch_%Y%m%d_%H%M%S")
         out_zip = out_dir / f"{name}.zip"
@@ -145,7 +150,15 @@ class ActiveLearningComponent:
         while out_zip.exists():
             n += 1
             out_zip = out_dir / f"{name}_{n}.zip"
-        return flush(self.queue, out_zip, class_names=self.class_names, limit=limit)
+        result = flush(self.queue, out_zip, class_names=self.class_names, limit=limit)
+        if review and result.zip_path is not None:
+            try:
+                write_review_images(self.queue, review_dir(result.zip_path),
+                                    ids=result.entry_ids)
+            except Exception as err:  # noqa: BLE001 - the batch is written; the aid is optional
+                log.warning("flush: %s written, but its review images failed: %s",
+                            result.zip_path, err)
+        return result
 
     def statistics(self) -> dict[str, Any]:
         """Return counters plus the queue's own statistics."""
@@ -166,9 +179,17 @@ def _reasons(result: Disagreement) -> list[dict[str, Any]]:
     return [dataclasses.asdict(r) for r in result.reasons]
 
 
+def review_dir(zip_path: Path) -> Path:
+    """Where the review images of a flushed batch go: ``<zip stem>_review`` beside it."""
+    return zip_path.with_name(f"{zip_path.stem}_review")
+
+
 def write_review_images(queue: AnnotationQueue, out_dir: Path, *,
-                        limit: int | None = None) -> int:
-    """Write a side-by-side review image (student | teacher + reasons) per pending entry.
+                        ids: Sequence[int] | None = None, limit: int | None = None) -> int:
+    """Write a side-by-side review image (student | teacher + reasons) per entry.
+
+    The entries are ``ids`` (say a flush's ``entry_ids``; exported entries stay readable
+    until purged), or else the pending ones, at most ``limit``.
 
     Returns the number written: ``<out_dir>/<entry id>.jpg``.
     """
@@ -176,7 +197,10 @@ def write_review_images(queue: AnnotationQueue, out_dir: Path, *,
     from cv_autolabel.core.overlay import review_image  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = queue.pending(limit)
+    if ids is None:
+        entries = queue.pending(limit)
+    else:
+        entries = [e for e in (queue.get(i) for i in ids) if e is not None]
     for entry in entries:
         details = [r.get("detail", str(r)) if isinstance(r, dict) else str(r)
                    for r in entry.reasons]

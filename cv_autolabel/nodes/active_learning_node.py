@@ -5,7 +5,8 @@ Subscribes (relative; the dedup node in the same namespace publishes them):
 exactly by stamp (ApproximateTimeSynchronizer, reliable QoS). With ``teacher: groundtruth``
 also the synthetic bag's ``/sim/ground_truth/instance_labels`` and ``/instances``.
 Publishes ``~/statistics`` (std_msgs/String JSON). Serves ``~/flush`` (std_srvs/Trigger):
-write the pending frames to a CVAT-ready COCO zip in ``export_dir``.
+write the pending frames to a CVAT-ready COCO zip in ``<data_dir>/exports`` (and, with
+``review_images``, a side-by-side review image per frame in ``<batch>_review/``).
 
 The teacher is slow on a CPU: callbacks only enqueue into a bounded drop-oldest queue
 (``queue_size``) and one worker thread runs teacher, student and the queue, so the executor
@@ -26,7 +27,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from cv_autolabel.components.active_learning import ActiveLearningComponent
+from cv_autolabel.components.active_learning import ActiveLearningComponent, review_dir
 from cv_autolabel.core.annotation_queue import AnnotationQueue
 from cv_autolabel.core.disagreement import DisagreementConfig
 from cv_autolabel.core.model_slot import ModelSlot
@@ -50,6 +51,8 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                                                          step=1)])),
     "queue_size": (8, _P(description="Novel frames waiting for the teacher; oldest dropped")),
     "statistics_period_s": (5.0, _P(description="Period of ~/statistics")),
+    "review_images": (True, _P(description="Write student|teacher review images of each "
+                                           "flushed frame to exports/<batch>_review/")),
 }
 
 
@@ -67,6 +70,7 @@ class ActiveLearningNode(Node):
                                    _P(description=f"SAM3 text prompts for {c}"))
         data = Path(str(p["data_dir"])).expanduser()
         self.export_dir = data / "exports"
+        self.review = bool(p["review_images"])
         self.queue = AnnotationQueue(data / "queue", max_entries=int(p["max_entries"]))
         self.component = ActiveLearningComponent(
             self._teacher(str(p["teacher"]), Path(str(p["teacher_weights"])).expanduser(),
@@ -130,13 +134,15 @@ class ActiveLearningNode(Node):
     def _on_flush(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
         try:
-            result = self.component.flush(self.export_dir)
+            result = self.component.flush(self.export_dir, review=self.review)
         except Exception as err:  # noqa: BLE001 - a failed flush must answer, not crash
             response.success, response.message = False, f"flush failed: {err}"
             return response
         response.success = True
         response.message = (f"wrote {result.images} frames, {result.annotations} annotations "
                             f"to {result.zip_path}" if result.images else "nothing pending")
+        if result.images and self.review:
+            response.message += f"; review images in {review_dir(result.zip_path)}"
         return response
 
     def _publish_statistics(self) -> None:

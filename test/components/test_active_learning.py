@@ -111,3 +111,20 @@ def test_review_images_show_both_sides(tmp_path: Path, frames_and_truth) -> None
     h, w = frames[0].rgb.shape[:2]
     assert image.shape[1] == 2 * w and image.shape[0] > h  # two panels + the reasons
     al.queue.close()
+
+
+def test_a_flush_with_review_writes_one_image_per_exported_frame(tmp_path: Path,
+                                                                 frames_and_truth) -> None:
+    from cv_autolabel.components.active_learning import review_dir
+
+    frames, truth = frames_and_truth
+    al = _component(tmp_path, truth, None)
+    for frame in frames[:3]:
+        al.process(frame)
+    result = al.flush(tmp_path / "exports", review=True)
+    assert result.images == 3
+    written = sorted(p.name for p in review_dir(result.zip_path).iterdir())
+    assert written == [f"{i:06d}.jpg" for i in result.entry_ids]
+    al.process(frames[3])  # arrived after the flush: in the next batch, not this review
+    assert len(list(review_dir(result.zip_path).iterdir())) == 3
+    al.queue.close()
