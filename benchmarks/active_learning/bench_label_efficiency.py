@@ -25,11 +25,13 @@ Writes results.json and label_efficiency.png beside this file (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -250,7 +252,8 @@ def disagreement_scores(weights: str, pool: Sequence[PoolFrame], candidates: Seq
 
     if work.exists():
         shutil.rmtree(work)
-    fp32, _ = export_openvino(Path(weights), Path(), work, imgsz=imgsz, int8=False)
+    with contextlib.redirect_stdout(sys.stderr):  # ultralytics' export banner
+        fp32, _ = export_openvino(Path(weights), Path(), work, imgsz=imgsz, int8=False)
     student = create_segmenter("yolo", model_dir=fp32)
     scores = {}
     for i in candidates:
