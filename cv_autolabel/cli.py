@@ -368,10 +368,11 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run the whole flywheel on synthetic recordings: record, dedup, active learning, flush,
     import, prepare, train, export INT8, repeat; print the iteration table."""
     from cv_autolabel.tools.demo import run_demo  # noqa: PLC0415
+    from cv_autolabel.tools.flywheel import Teacher  # noqa: PLC0415
 
     return run_demo(args.workspace, frames=args.frames, seed=args.seed, width=args.width,
                     height=args.height, epochs=args.epochs, imgsz=args.imgsz,
-                    rounds=args.iterations)
+                    rounds=args.iterations, teacher=Teacher(args.teacher, args.teacher_weights))
 
 
 def _csv(text: str) -> list[str]:
@@ -578,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=320, help="training and export image size")
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher", choices=["groundtruth", "sam3"], default="groundtruth",
+                   help="who labels: the synthetic truth, or SAM3 (needs its weights; seconds "
+                        "per frame on a CPU)")
+    p.add_argument("--teacher-weights", type=Path, default=None,
+                   help="sam3.pt (default: $CV_AUTOLABEL_SAM3, else "
+                        "~/cv_autolabel_data/models/sam3.pt)")
     _common(p)
     p.set_defaults(func=cmd_demo)
     return parser

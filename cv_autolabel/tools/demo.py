@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cv_autolabel.tools.flywheel import FlywheelState, iteration
-from cv_autolabel.tools.replay import replay, replay_active_learning
+from cv_autolabel.tools.flywheel import FlywheelState, Teacher, iteration
+from cv_autolabel.tools.replay import replay
 from cv_autolabel.tools.sim.run import SimConfig, simulate
 from cv_autolabel.tools.status import iterations, plot, table
 
@@ -33,10 +33,21 @@ def _say(message: str) -> None:
 
 def run_demo(workspace: Path, *, frames: int = 300, seed: int = 0, width: int = 320,
              height: int = 240, epochs: int = 40, imgsz: int = 320,
-             rounds: int = 2) -> dict[str, Any]:
-    """Run the demo in ``workspace`` (its previous demo results are replaced)."""
+             rounds: int = 2, teacher: Teacher = Teacher()) -> dict[str, Any]:
+    """Run the demo in ``workspace`` (its previous demo results are replaced).
+
+    ``teacher`` is the ground truth by default; ``Teacher("sam3", weights)`` labels with SAM3
+    instead (slow on a CPU: seconds per frame).
+
+    Raises:
+        TeacherError: SAM3 was asked for and its weights are not there (checked first).
+    """
     from cv_autolabel.cli import progress_bar  # noqa: PLC0415
 
+    if teacher.kind == "sam3":
+        from cv_autolabel.core.teachers.sam3 import check_weights  # noqa: PLC0415
+
+        check_weights(teacher.weights)
     started = time.perf_counter()
     _reset(workspace)
     bags = []
@@ -55,9 +66,9 @@ def run_demo(workspace: Path, *, frames: int = 300, seed: int = 0, width: int = 
         _say(f"[iteration {n}/{rounds}] dedup -> active learning -> CVAT batch -> import -> "
              "prepare -> train -> export")
         results.append(iteration(n, bags[n - 1], workspace, state, epochs=epochs, imgsz=imgsz,
-                                 say=_say))
-    final = replay_active_learning(bags[-1], workspace / "final_check" / "queue",
-                                   model=state.student, workspace=workspace)
+                                 say=_say, teacher=teacher))
+    final = teacher.replay(bags[-1], workspace / "final_check" / "queue", state.student,
+                           workspace)
     return _report(workspace, results, final, round(time.perf_counter() - started, 1))
 
 

@@ -37,11 +37,29 @@ class FlywheelState:
     student: Path | None = None
 
 
+@dataclass(frozen=True)
+class Teacher:
+    """The active-learning teacher of the loop: the synthetic truth, or SAM3 with its weights."""
+
+    kind: str = "groundtruth"
+    weights: Path | None = None
+
+    @property
+    def prompts(self) -> dict[str, list[str]]:
+        return {c: [c.replace("_", " ")] for c in CLASSES}  # "red can", "blue can"
+
+    def replay(self, bag: Path, queue: Path, student: Path | None,
+               workspace: Path) -> dict[str, Any]:
+        """Dedup -> active learning over ``bag`` with this teacher (see replay_active_learning)."""
+        return replay_active_learning(bag, queue, teacher=self.kind, teacher_weights=self.weights,
+                                      prompts=self.prompts, model=student, workspace=workspace)
+
+
 def iteration(n: int, bag: Path, ws: Path, state: FlywheelState, *, epochs: int, imgsz: int,
-              say: Callable[[str], None]) -> dict[str, Any]:
+              say: Callable[[str], None], teacher: Teacher = Teacher()) -> dict[str, Any]:
     """Run iteration ``n`` on ``bag``; update ``state`` with its model; return a summary."""
     work = ws / f"iteration_{n}"
-    al = replay_active_learning(bag, work / "queue", model=state.student, workspace=ws)
+    al = teacher.replay(bag, work / "queue", state.student, ws)
     what = "no student yet" if state.student is None else f"student {state.student.name}"
     say(f"      active learning ({what}): {al['queued']} of {al['novel']} novel frames "
         f"queued, disagreement rate {al['disagreement_rate']:.2f}")

@@ -6,13 +6,15 @@ may describe one class: "red soda can", "red energy drink can"); overlapping sam
 results are merged later by the disagreement stage.
 
 SAM3 weights (``sam3.pt``) are gated: request access on the model's Hugging Face page,
-download the file and point ``active_learning.teacher.weights`` at it. A missing file is an
-error when the teacher is created, not at the first frame.
+download the file and point the node's ``teacher_weights`` parameter (or ``--teacher-weights``,
+or ``CV_AUTOLABEL_SAM3``) at it. A missing file is an error when the teacher is created, not
+at the first frame.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -45,6 +47,26 @@ def flatten_prompts(prompts: Mapping[str, Sequence[str] | str]) -> tuple[list[st
     return texts, owners
 
 
+#: Where the node (``teacher_weights``) and ``cv-autolabel demo --teacher sam3`` look by default.
+DEFAULT_WEIGHTS = Path("~/cv_autolabel_data/models/sam3.pt")
+
+
+def check_weights(weights: str | Path | None = None) -> Path:
+    """Return the SAM3 weights file: ``weights``, else ``$CV_AUTOLABEL_SAM3``, else the default.
+
+    Raises:
+        TeacherError: there is no such file (with how to get one).
+    """
+    path = Path(weights or os.environ.get("CV_AUTOLABEL_SAM3") or DEFAULT_WEIGHTS).expanduser()
+    if not path.is_file():
+        raise TeacherError(
+            f"SAM3 weights not found at {path}. SAM3 is gated: request access on its Hugging "
+            "Face model page, download sam3.pt, and point the node's teacher_weights parameter "
+            "(or --teacher-weights, or CV_AUTOLABEL_SAM3) at the file; without it use the "
+            "groundtruth teacher on synthetic bags")
+    return path
+
+
 class Sam3Teacher:
     """Text-prompted SAM3 segmentation over the configured classes.
 
@@ -60,13 +82,7 @@ class Sam3Teacher:
 
     def __init__(self, weights: str | Path, prompts: Mapping[str, Sequence[str] | str], *,
                  conf: float = 0.25, device: str = "cpu", half: bool = False) -> None:
-        self.weights = Path(weights).expanduser()
-        if not self.weights.is_file():
-            raise TeacherError(
-                f"SAM3 weights not found at {self.weights}. SAM3 is gated: request access on "
-                "its Hugging Face model page, download sam3.pt, and set "
-                "active_learning.teacher.weights (or --teacher-weights) to the file; "
-                "without it use the groundtruth teacher on synthetic bags")
+        self.weights = check_weights(weights)
         self.class_names = tuple(prompts)
         self.texts, self.owners = flatten_prompts(prompts)
         self._predictor = self._build(conf, device, half)
