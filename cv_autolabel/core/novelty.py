@@ -76,6 +76,13 @@ class NoveltyIndex:
         """Ids of the stored vectors, in insertion order."""
         return self._ids[: self._n].copy()
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """The stored (n, dim) float32 vectors, in the order of :attr:`ids` (a read-only view)."""
+        view = self._full[: self._n]
+        view.flags.writeable = False
+        return view
+
     def query(self, vector: np.ndarray, threshold: float | None = None) -> Match:
         """Return the best match of a unit ``vector`` (dim,) against everything stored."""
         # Compare in float32, the precision embeddings live in: a similarity that equals the
@@ -123,6 +130,28 @@ class NoveltyIndex:
         if self._proj is not None:
             self._proj[:n] = self._proj[keep]
         self._n = n
+
+    @property
+    def basis(self) -> np.ndarray | None:
+        """The fitted (k, dim) projection basis, None before the first fit."""
+        return None if self._basis is None else self._basis.copy()
+
+    def use_basis(self, basis: np.ndarray) -> None:
+        """Adopt a basis fitted earlier (a saved index) instead of fitting one.
+
+        Any orthonormal basis keeps the answers exact; one fitted to similar vectors keeps
+        the pruning effective.
+
+        Raises:
+            ValueError: ``basis`` is not (k, dim) with orthonormal rows.
+        """
+        basis = np.asarray(basis, np.float32)
+        if basis.shape != (self.k, self.dim) or not np.allclose(
+                basis @ basis.T, np.eye(self.k), atol=1e-3):
+            raise ValueError(f"a basis must be ({self.k}, {self.dim}) with orthonormal rows")
+        self._basis = basis
+        self._proj = np.zeros((self._full.shape[0], self.k), np.float32)
+        self._project(0, self._n)
 
     def fit(self, sample: int = 4096, seed: int = 0) -> None:
         """Fit the projection to (a sample of) the stored vectors and re-project all of them."""

@@ -18,7 +18,7 @@ from cv_autolabel.core.dedup import DedupConfig, Deduplicator, DedupSettings, op
 from cv_autolabel.core.embedders import create_embedder, l2_normalise
 from cv_autolabel.core.frame_archive import FrameArchive
 from cv_autolabel.core.types import Frame
-from cv_autolabel.core.vectorstores import MemoryVectorStore
+from cv_autolabel.core.vectorstores import MemoryVectorStore, VectorRecord
 from cv_autolabel.errors import VectorStoreError
 from cv_autolabel.ros import topics as T
 from cv_autolabel.ros.bag import BagReader
@@ -123,6 +123,7 @@ def test_restart_reloads_the_store_and_continues_ids(world, tmp_path: Path) -> N
     first = [dedup.process(f) for f in frames[:20]]
     dedup.close_all()
     dedup = open_deduplicator(settings)
+    assert dedup.loaded_from == "snapshot"  # written by the clean shutdown
     again = [dedup.process(f) for f in frames[:20]]
     later = [dedup.process(f) for f in frames[20:]]
     dedup.close_all()
@@ -130,6 +131,44 @@ def test_restart_reloads_the_store_and_continues_ids(world, tmp_path: Path) -> N
     old_ids = {r.frame_id for r in first if r.novel}
     new_ids = [r.frame_id for r in later if r.novel]
     assert new_ids and min(new_ids) > max(old_ids)
+
+
+def _snapshot_engine(tmp_path: Path, store: MemoryVectorStore) -> Deduplicator:
+    return Deduplicator(_Embedder(), store, FrameArchive(tmp_path / "frames"),
+                        snapshot=tmp_path / "index.npz")
+
+
+def test_the_index_snapshot_is_used_only_while_it_describes_the_store(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryVectorStore(collection="f", dim=3, embedder_name=_Embedder.name)
+    store.open()
+    vectors = l2_normalise(np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32))
+    first = _snapshot_engine(tmp_path, store)
+    kept = [first.process(_frame_for(v * 60)).novel for v in vectors]
+    first.close()
+    second = _snapshot_engine(tmp_path, store)
+    assert second.loaded_from == "snapshot" and len(second.index) == sum(kept)
+    assert not any(second.process(_frame_for(v * 60)).novel for v in vectors)
+    second.close()
+    # A record the snapshot does not know (another tool, or a crash after new inserts).
+    store.insert([VectorRecord(id=999, vector=np.array([0, 0, 1], np.float32), stamp_ns=0,
+                               frame_id="cam", source="other", path="-")])
+    third = _snapshot_engine(tmp_path, store)
+    assert third.loaded_from == "store" and 999 in third.index.ids
+    assert "records, the store has" in caplog.text
+    third.close()
+    # A damaged file, then a snapshot whose vectors differ from the store's.
+    (tmp_path / "index.npz").write_bytes(b"not a snapshot")
+    damaged = _snapshot_engine(tmp_path, store)
+    assert damaged.loaded_from == "store"
+    damaged.close()  # writes a good one again
+    with np.load(tmp_path / "index.npz") as data:
+        parts = dict(data)
+    assert _snapshot_engine(tmp_path, store).loaded_from == "snapshot"
+    parts["vectors"] = parts["vectors"][::-1].copy()
+    np.savez(tmp_path / "index.npz", **parts)
+    assert _snapshot_engine(tmp_path, store).loaded_from == "store"
+    assert "differs from the store" in caplog.text
 
 
 def test_second_process_on_the_same_store_is_refused(tmp_path: Path) -> None:

@@ -93,3 +93,20 @@ def test_discard_forgets_vectors(fitted: bool) -> None:
     assert len(idx) == 58 and 3 not in idx.ids and 40 not in idx.ids
     assert not idx.query(vecs[3]).duplicate
     assert idx.query(vecs[41]).match_id == 41
+
+
+def test_a_saved_basis_gives_the_same_answers_without_refitting() -> None:
+    rng = np.random.default_rng(5)
+    dim, n = 256, 3000
+    stored = _clustered(n, dim, rng, spread=0.4)
+    fitted = NoveltyIndex(dim, projection_dim=32, fit_after=1000)
+    fitted.add(np.arange(n), stored)
+    reloaded = NoveltyIndex(dim, projection_dim=32, fit_after=1000)
+    reloaded.use_basis(fitted.basis)  # what a start-up from the snapshot does
+    reloaded.add(fitted.ids, fitted.vectors)
+    queries = _clustered(200, dim, rng, spread=0.4)
+    for q in queries:
+        a, b = fitted.query(q), reloaded.query(q)
+        assert (a.duplicate, a.match_id, a.candidates) == (b.duplicate, b.match_id, b.candidates)
+    with pytest.raises(ValueError, match="orthonormal"):
+        reloaded.use_basis(np.ones((32, dim)))
