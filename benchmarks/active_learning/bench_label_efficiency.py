@@ -15,7 +15,11 @@ everything labelled so far and is scored (mask mAP50-95) on the test set:
 The teacher is the synthetic world's ground truth (SAM3 on the robot), and the labels a person
 would return from CVAT are the teacher's masks, so both arms get identical labels for a frame.
 Every training in a round gets the same compute (``--iters`` images seen; epochs =
-iters / labelled images), from scratch for the seed model and fine-tuning after that.
+iters / labelled images); the seed model starts from ``--init`` and later rounds fine-tune the
+arm's previous model. ``--init scratch`` is yolo11n-seg from its config; ``--init pretrained``
+first trains it on other objects of the same world (green, yellow and black cans, boxes,
+balls: never the two target classes), standing in for the COCO weights a user starts from
+(no weights can be downloaded here).
 
 Run:  .venv/bin/python benchmarks/active_learning/bench_label_efficiency.py
       (about an hour on a 2-core CPU; ``--quick`` checks the plumbing in a few minutes)
@@ -220,6 +224,45 @@ def write_dataset(root: Path, frames: Sequence[PoolFrame], test_images: Path,
     return data
 
 
+def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
+    """Weights trained on the world's other objects (cached): a stand-in for COCO weights."""
+    from cv_autolabel.tools.train import train  # noqa: PLC0415
+
+    out = cache / f"pretrain_{args.width}x{args.height}_{args.imgsz}_{args.pretrain_epochs}"
+    weights = out / "run" / "weights" / "last.pt"
+    if weights.is_file():
+        return str(weights)
+    from cv_autolabel.tools.sim.run import SimConfig, simulate  # noqa: PLC0415
+
+    names = ("green_can", "yellow_can", "black_can", "box", "ball")
+    shutil.rmtree(out, ignore_errors=True)
+    images, labels = out / "data" / "images" / "train", out / "data" / "labels" / "train"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for b in range(3):
+        bag = out / f"bag{b}"
+        simulate(SimConfig(frames=args.frames, seed=3000 + b, width=args.width,
+                           height=args.height, classes=names[:3], distractors=names[3:]), bag)
+        for n, (frame, gt) in enumerate(_frames(bag)):
+            if n % 3:
+                continue
+            cv2.imwrite(str(images / f"p{b}_{n:04d}.png"),
+                        cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+            classes = {i: str(r["class"]) for i, r in gt.instances.items()}
+            (labels / f"p{b}_{n:04d}.txt").write_text(
+                "\n".join(_yolo_lines(gt.labels, classes, names)) + "\n")
+    data = out / "data" / "data.yaml"
+    data.write_text(f"path: {out / 'data'}\ntrain: images/train\nval: images/train\nnames:\n"
+                    + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)))
+    log(f"pretraining on {len(list(images.iterdir()))} frames of other objects, "
+        f"{args.pretrain_epochs} epochs ...")
+    run = train(data, model="yolo11n-seg.yaml", epochs=args.pretrain_epochs, imgsz=args.imgsz,
+                batch=8, out=out, name="run", seed=0, tracking="none",
+                patience=args.pretrain_epochs, extra={"val": False})
+    log(f"   pretrained: mask mAP50-95 {run['metrics']['mask_map50_95']:.3f} on its own data")
+    return run["last_weights"]
+
+
 # -- one round ------------------------------------------------------------------------------------
 
 def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
@@ -265,13 +308,13 @@ def disagreement_scores(weights: str, pool: Sequence[PoolFrame], candidates: Seq
 
 
 def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequence[str],
-             work: Path, args: argparse.Namespace,
-             log: Any) -> dict[str, list[dict[str, Any]]]:
+             work: Path, args: argparse.Namespace, log: Any,
+             init: str = "yolo11n-seg.yaml") -> dict[str, list[dict[str, Any]]]:
     rng = np.random.default_rng(seed)
     initial = rng.choice(len(pool), args.seed_size, replace=False).tolist()
-    log(f"seed {seed}: round 0, {len(initial)} labelled, training from scratch ...")
+    log(f"seed {seed}: round 0, {len(initial)} labelled, training from {Path(init).name} ...")
     first = train_round(work / f"seed{seed}" / "round0", [pool[i] for i in initial], test_images,
-                        names, init="yolo11n-seg.yaml", args=args, seed=seed)
+                        names, init=init, args=args, seed=seed)
     log(f"   mask mAP50-95 {first['map']:.3f} ({first['train_s']} s)")
     out: dict[str, list[dict[str, Any]]] = {}
     for arm in ARMS:
@@ -312,7 +355,7 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path) -> None:
+def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str) -> None:
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -330,7 +373,7 @@ def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path) -> None:
         ax.axvline(summary["disagreement_labels_to_reach"], color="tab:red", ls=":", lw=1)
     ax.set_xlabel("labelled images")
     ax.set_ylabel("test mask mAP50-95")
-    ax.set_title("Label efficiency on the synthetic bin world")
+    ax.set_title(f"Label efficiency on the synthetic bin world (seed model: {init})")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -354,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--init", choices=["scratch", "pretrained"], default="scratch",
+                   help="seed model: from the config, or pretrained on other objects")
+    p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cv_bench_al")
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--quick", action="store_true",
@@ -362,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.seeds, args.rounds, args.iters, args.frames = [0], 1, 48, 80
         args.pool_bags, args.test_bags, args.seed_size, args.budget = 4, 1, 6, 6
+        args.pretrain_epochs = 1
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     started = time.perf_counter()
@@ -375,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     test_bags = [_sim(args.cache, 2000 + i, args, per_class[(i + 1) % 4])
                  for i in range(args.test_bags)]
     log(f"recordings ready: {len(pool_bags)} pool, {len(test_bags)} test")
-    work = args.cache / ("work_quick" if args.quick else "work")
+    init = pretrain(args.cache, args, log) if args.init == "pretrained" else "yolo11n-seg.yaml"
+    suffix = ("_quick" if args.quick else "") + ("_pretrained" if args.init == "pretrained" else "")
+    work = args.cache / f"work{suffix}"
     shutil.rmtree(work, ignore_errors=True)
     pool = build_pool(pool_bags, work / "pool", names)
     test_images = build_test(test_bags, work / "test", names, args.test_every)
@@ -383,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"test: {len(list(test_images.iterdir()))} frames")
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in ARMS}
     for seed in args.seeds:
-        for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log).items():
+        for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log,
+                                    init).items():
             runs[arm][seed] = rounds
     summary = summarise(runs)
     from cv_autolabel.tools.machine import cpu_model  # noqa: PLC0415
@@ -396,9 +446,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "runs": runs, "summary": summary,
               "duration_s": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
     (args.out / f"results{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(summary, runs, args.out / f"label_efficiency{suffix}.png")
+    plot(summary, runs, args.out / f"label_efficiency{suffix}.png", args.init)
     print("\n" + table(summary))
     ratio = summary["label_ratio"]
     print(f"\nrandom reaches mask mAP50-95 {summary['random_final_map']:.3f} with "
