@@ -279,7 +279,8 @@ def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
     run = train(data, model=init, epochs=epochs, imgsz=args.imgsz, batch=8, out=root,
                 name="run", seed=seed, tracking="none", patience=epochs,
                 extra={"val": False})  # validated once, at the end, on the test set
-    return {"labelled": len(frames), "map": run["metrics"]["mask_map50_95"],
+    return {"labelled": len(frames), "instances": sum(len(f.label_lines) for f in frames),
+            "map": run["metrics"]["mask_map50_95"],
             "map50": run["metrics"]["mask_map50"], "epochs": epochs,
             "train_s": round(time.perf_counter() - started, 1),
             "weights": run["last_weights"]}
