@@ -107,10 +107,11 @@ def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
         hit = labels_to_reach([x["labelled"] for x in d], [x["map"] for x in d], r[-1]["map"])
         per_seed[str(seed)] = None if hit is None else round(hit / r[-1]["labelled"], 3)
     ratio = None if reach is None else reach / final_labels
+    learned = target > rnd["map_mean"][0]  # else "reaching" it means nothing
     return {"curves": curves, "random_final_map": target, "random_final_labels": final_labels,
             "disagreement_labels_to_reach": reach, "label_ratio": ratio,
             "label_ratio_per_seed": per_seed, "target_ratio": 0.6,
-            "target_met": ratio is not None and ratio <= 0.6}
+            "learned": learned, "target_met": learned and ratio is not None and ratio <= 0.6}
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -451,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plot(summary, runs, args.out / f"label_efficiency{suffix}.png", args.init)
     print("\n" + table(summary))
     ratio = summary["label_ratio"]
+    if not summary["learned"]:
+        print("\nrandom selection's model did not improve on the seed model: no verdict")
     print(f"\nrandom reaches mask mAP50-95 {summary['random_final_map']:.3f} with "
           f"{summary['random_final_labels']:.0f} labels; disagreement reaches it with "
           + ("never (within these rounds)" if ratio is None else

@@ -61,3 +61,10 @@ def test_summary_says_when_disagreement_never_reaches_random() -> None:
     s = bench.summarise(runs)
     assert s["disagreement_labels_to_reach"] is None and s["label_ratio"] is None
     assert s["target_met"] is False and s["label_ratio_per_seed"] == {"0": None}
+
+
+def test_no_verdict_when_random_selection_learned_nothing() -> None:
+    runs = {"random": {0: _rounds([6, 12], [0.0, 0.0])},
+            "disagreement": {0: _rounds([6, 12], [0.0, 0.0])}}
+    s = bench.summarise(runs)
+    assert s["learned"] is False and s["target_met"] is False
