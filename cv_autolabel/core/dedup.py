@@ -26,7 +26,6 @@ the full scan with a log line.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -39,7 +38,7 @@ import numpy as np
 
 from cv_autolabel.core.embedders import Embedder
 from cv_autolabel.core.frame_archive import FrameArchive
-from cv_autolabel.core.fsio import fsync_dir
+from cv_autolabel.core.fsio import atomic_file
 from cv_autolabel.core.novelty import NoveltyIndex
 from cv_autolabel.core.types import Frame
 from cv_autolabel.core.vectorstores import VectorRecord, VectorStore
@@ -287,21 +286,15 @@ class Deduplicator:
     def _write_snapshot(self) -> None:
         if self.snapshot is None:
             return
-        tmp = self.snapshot.with_name(self.snapshot.name + ".tmp")
+        basis = self.index.basis
         try:
             self.snapshot.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                basis = self.index.basis
+            with atomic_file(self.snapshot) as f:  # streamed: no second copy of the vectors
                 np.savez(f, ids=self.index.ids, vectors=self.index.vectors,
                          embedder=np.array(self.embedder.name), dim=np.array(self.embedder.dim),
                          **({} if basis is None else {"basis": basis}))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.snapshot)
-            fsync_dir(self.snapshot.parent)
         except OSError as err:  # the snapshot only saves start-up time: never fail on it
             log.warning("dedup: could not write the index snapshot %s: %s", self.snapshot, err)
-            tmp.unlink(missing_ok=True)
 
     def _recover(self, frame_id: int) -> None:
         # Files were written but the vector never reached the store: the frame was never
