@@ -40,8 +40,7 @@ import numpy as np
 from cv_autolabel.core.instances import Instances
 from cv_autolabel.core.segmenters.yolo_openvino import YoloOpenVINOSegmenter
 from cv_autolabel.ros.bag import BagReader
-from cv_autolabel.ros.frames import iter_frames
-from cv_autolabel.ros.ground_truth import iter_ground_truth
+from cv_autolabel.ros.ground_truth import iter_frames_with_truth
 from cv_autolabel.tools.machine import cpu_model
 from cv_autolabel.tools.sim.run import SimConfig, simulate
 
@@ -58,12 +57,9 @@ def sim_samples(cache: Path, frames: int, seed: int) -> list[tuple[np.ndarray, I
     if not bag.exists():
         simulate(SimConfig(frames=frames, width=640, height=480, seed=seed), bag)
     with BagReader(bag) as reader:
-        rgb = {f.stamp_ns: f.rgb for f in iter_frames(reader)}
-    with BagReader(bag) as reader:
-        truth = [(gt.stamp_ns, Instances.from_label_image(
+        return [(frame.rgb, Instances.from_label_image(
             gt.labels, {i: r["class"] for i, r in gt.instances.items()}, NAMES, min_pixels=20))
-            for gt in iter_ground_truth(reader)]
-    return [(rgb[stamp], t) for stamp, t in truth if stamp in rgb]
+            for frame, gt in iter_frames_with_truth(reader)]
 
 
 def build_exports(cache: Path, samples: list[tuple[np.ndarray, Instances]], class_bias: float,

@@ -26,6 +26,7 @@ from cv_autolabel.errors import MessageError
 from cv_autolabel.ros import topics as T
 from cv_autolabel.ros.bag import BagReader
 from cv_autolabel.ros.factory import stamp_to_nanoseconds
+from cv_autolabel.ros.frames import iter_frames
 from cv_autolabel.ros.image import image_to_numpy
 
 
@@ -82,6 +83,19 @@ def iter_ground_truth(bag: BagReader) -> Iterator[GroundTruth]:
         if len(parts) == len(wanted):
             del pending[stamp]
             yield ground_truth_from_messages(*(parts[t] for t in wanted))
+
+
+def iter_frames_with_truth(bag: BagReader) -> Iterator[tuple[Frame, GroundTruth]]:
+    """Yield every synchronised frame of a synthetic bag with its ground truth, in order.
+
+    Frames without recorded truth are skipped; the truth is read first and held until the
+    frames are done.
+    """
+    truth = {gt.stamp_ns: gt for gt in iter_ground_truth(bag)}
+    for frame in iter_frames(bag):
+        gt = truth.get(frame.stamp_ns)
+        if gt is not None:
+            yield frame, gt
 
 
 def _stamp_ns(msg: Any) -> int:

@@ -15,8 +15,7 @@ from cv_autolabel.core.instances import Instances
 from cv_autolabel.core.types import CameraIntrinsics
 from cv_autolabel.errors import ConfigError, FusionError
 from cv_autolabel.ros.bag import BagReader
-from cv_autolabel.ros.frames import iter_frames
-from cv_autolabel.ros.ground_truth import GroundTruth, ObjectPose, iter_ground_truth
+from cv_autolabel.ros.ground_truth import GroundTruth, ObjectPose, iter_frames_with_truth
 from cv_autolabel.tools.sim.run import SimConfig, simulate
 
 CLASSES = ("red_can", "blue_can", "box", "ball")
@@ -55,12 +54,9 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     bag_path = tmp_path_factory.mktemp("fusion") / "bag"
     simulate(WORLD, bag_path)
-    with BagReader(bag_path) as bag:
-        truth = {gt.stamp_ns: gt for gt in iter_ground_truth(bag)}
     samples, seconds, counts = [], [], []
     with BagReader(bag_path) as bag:
-        for frame in iter_frames(bag):
-            gt = truth[frame.stamp_ns]
+        for frame, gt in iter_frames_with_truth(bag):
             ids, inst = _ground_truth_instances(gt)
             started = time.perf_counter()
             objects = fuse(inst, frame.depth, frame.intrinsics)

@@ -34,8 +34,7 @@ from cv_autolabel.core.segmenters.yolo_openvino import (
 )
 from cv_autolabel.errors import SegmenterError
 from cv_autolabel.ros.bag import BagReader
-from cv_autolabel.ros.frames import iter_frames
-from cv_autolabel.ros.ground_truth import iter_ground_truth
+from cv_autolabel.ros.ground_truth import iter_frames_with_truth
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("red_can", "blue_can")
@@ -54,12 +53,9 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning"),
 def samples(sim_bag: Path) -> list[Sample]:
     """The 16 rendered 320x240 RGB frames of ``sim_bag`` with their ground-truth cans."""
     with BagReader(sim_bag) as bag:
-        frames = {f.stamp_ns: f.rgb for f in iter_frames(bag)}
-    with BagReader(sim_bag) as bag:
-        truths = [(gt.stamp_ns, Instances.from_label_image(
+        return [(frame.rgb, Instances.from_label_image(
             gt.labels, {i: r["class"] for i, r in gt.instances.items()}, NAMES, min_pixels=20))
-            for gt in iter_ground_truth(bag)]
-    return [(frames[stamp], truth) for stamp, truth in truths if stamp in frames]
+            for frame, gt in iter_frames_with_truth(bag)]
 
 
 @pytest.fixture(scope="module")

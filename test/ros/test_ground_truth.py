@@ -44,3 +44,14 @@ def test_a_live_segmenter_keeps_only_the_newest_frames(sim_bag: Path) -> None:
     assert len(seg.instances(last.stamp_ns)) == len(targets) > 0
     with pytest.raises(MessageError, match="no ground truth recorded"):
         seg.instances(truths[0].stamp_ns)
+
+
+def test_frames_come_paired_with_their_own_truth(sim_bag: Path) -> None:
+    from cv_autolabel.ros.ground_truth import iter_frames_with_truth
+
+    with BagReader(sim_bag) as bag:
+        pairs = list(iter_frames_with_truth(bag))
+        frames = list(iter_frames(bag))
+    assert [f.stamp_ns for f, _ in pairs] == [f.stamp_ns for f in frames]
+    assert all(gt.stamp_ns == f.stamp_ns and gt.labels.shape == f.rgb.shape[:2]
+               for f, gt in pairs)
