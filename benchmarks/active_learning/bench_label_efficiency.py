@@ -137,30 +137,29 @@ def _sim(cache: Path, seed: int, args: argparse.Namespace, per_class: int) -> Pa
     return bag
 
 
-def _yolo_lines(labels: np.ndarray, classes: dict[int, str], names: Sequence[str]) -> list[str]:
-    from cv_autolabel.core.rle import uncompressed_rle  # noqa: PLC0415
-    from cv_autolabel.tools.prepare import segmentation_to_polygons  # noqa: PLC0415
+def _classes(gt: Any) -> dict[int, str]:
+    return {i: str(r["class"]) for i, r in gt.instances.items()}
 
-    h, w = labels.shape
-    lines = []
-    for i in np.unique(labels).tolist():
-        if not i or classes.get(i) not in names:
-            continue
-        for poly in segmentation_to_polygons(uncompressed_rle(labels == i), h, w):
-            xy = np.clip(poly / (w, h), 0.0, 1.0).ravel()
-            lines.append(f"{names.index(classes[i])} " + " ".join(f"{v:.6f}" for v in xy))
-    return lines
+
+def _yolo_lines(gt: Any, names: Sequence[str]) -> list[str]:
+    """YOLO-seg label lines of one frame's truth (prepare's own formatting)."""
+    from cv_autolabel.core.rle import uncompressed_rle  # noqa: PLC0415
+    from cv_autolabel.tools.prepare import yolo_label_lines  # noqa: PLC0415
+
+    classes = _classes(gt)
+    anns = [{"segmentation": uncompressed_rle(gt.labels == i),
+             "category_id": names.index(classes[i]) + 1}
+            for i in np.unique(gt.labels).tolist() if i and classes.get(i) in names]
+    return yolo_label_lines(anns, *gt.labels.shape)[0]
 
 
 def _frames(bag: Path) -> list[tuple[Any, Any]]:
     """(frame, ground truth) of every frame of a synthetic bag."""
     from cv_autolabel.ros.bag import BagReader  # noqa: PLC0415
-    from cv_autolabel.ros.frames import iter_frames  # noqa: PLC0415
-    from cv_autolabel.ros.ground_truth import iter_ground_truth  # noqa: PLC0415
+    from cv_autolabel.ros.ground_truth import iter_frames_with_truth  # noqa: PLC0415
 
     with BagReader(bag) as reader:
-        truth = {gt.stamp_ns: gt for gt in iter_ground_truth(reader)}
-        return [(f, truth[f.stamp_ns]) for f in iter_frames(reader)]
+        return list(iter_frames_with_truth(reader))
 
 
 def build_pool(bags: list[Path], out: Path, names: Sequence[str]) -> list[PoolFrame]:
@@ -179,35 +178,35 @@ def build_pool(bags: list[Path], out: Path, names: Sequence[str]) -> list[PoolFr
                 path = out / "images" / f"{name}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(path), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
-                classes = {i: str(r["class"]) for i, r in gt.instances.items()}
-                pool.append(PoolFrame(name, path, _yolo_lines(gt.labels, classes, names),
-                                      gt.labels, classes))
+                pool.append(PoolFrame(name, path, _yolo_lines(gt, names), gt.labels,
+                                      _classes(gt)))
     finally:
         dedup.close_all()
     return pool
 
 
-def build_test(bags: list[Path], out: Path, names: Sequence[str], every: int) -> Path:
-    """Every ``every``-th frame of the held-out recordings as a YOLO image/label folder."""
-    images, labels = out / "images", out / "labels"
-    if images.is_dir():
-        return images
-    tmp_images, tmp_labels = out / "images.tmp", out / "labels.tmp"
-    for d in (tmp_images, tmp_labels):
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+def write_yolo_frames(bags: list[Path], root: Path, names: Sequence[str], *, every: int,
+                      prefix: str) -> Path:
+    """Every ``every``-th frame of ``bags`` with its truth's labels, as ``root/images`` and
+    ``root/labels``; return the images folder."""
+    images, labels = root / "images", root / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
     for b, bag in enumerate(bags):
         for n, (frame, gt) in enumerate(_frames(bag)):
             if n % every:
                 continue
-            cv2.imwrite(str(tmp_images / f"t{b}_{n:04d}.png"),
-                        cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
-            classes = {i: str(r["class"]) for i, r in gt.instances.items()}
-            (tmp_labels / f"t{b}_{n:04d}.txt").write_text(
-                "\n".join(_yolo_lines(gt.labels, classes, names)) + "\n")
-    tmp_labels.rename(labels)
-    tmp_images.rename(images)
+            name = f"{prefix}{b}_{n:04d}"
+            cv2.imwrite(str(images / f"{name}.png"), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+            (labels / f"{name}.txt").write_text("\n".join(_yolo_lines(gt, names)) + "\n")
     return images
+
+
+def data_yaml(path: Path, train: Path, val: Path, names: Sequence[str]) -> Path:
+    """Write an ultralytics data.yaml with absolute train and val image folders."""
+    path.write_text(f"train: {train}\nval: {val}\nnames:\n"
+                    + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)))
+    return path
 
 
 def write_dataset(root: Path, frames: Sequence[PoolFrame], test_images: Path,
@@ -219,10 +218,7 @@ def write_dataset(root: Path, frames: Sequence[PoolFrame], test_images: Path,
     for f in frames:
         (images / f.image.name).symlink_to(f.image)
         (labels / f"{f.name}.txt").write_text("\n".join(f.label_lines) + "\n")
-    data = root / "data.yaml"
-    data.write_text(f"path: {root}\ntrain: images/train\nval: {test_images}\n"
-                    f"names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)))
-    return data
+    return data_yaml(root / "data.yaml", images, test_images, names)
 
 
 def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
@@ -237,24 +233,12 @@ def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
 
     names = ("green_can", "yellow_can", "black_can", "box", "ball")
     shutil.rmtree(out, ignore_errors=True)
-    images, labels = out / "data" / "images" / "train", out / "data" / "labels" / "train"
-    images.mkdir(parents=True)
-    labels.mkdir(parents=True)
-    for b in range(3):
-        bag = out / f"bag{b}"
+    bags = [out / f"bag{b}" for b in range(3)]
+    for b, bag in enumerate(bags):
         simulate(SimConfig(frames=args.frames, seed=3000 + b, width=args.width,
                            height=args.height, classes=names[:3], distractors=names[3:]), bag)
-        for n, (frame, gt) in enumerate(_frames(bag)):
-            if n % 3:
-                continue
-            cv2.imwrite(str(images / f"p{b}_{n:04d}.png"),
-                        cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
-            classes = {i: str(r["class"]) for i, r in gt.instances.items()}
-            (labels / f"p{b}_{n:04d}.txt").write_text(
-                "\n".join(_yolo_lines(gt.labels, classes, names)) + "\n")
-    data = out / "data" / "data.yaml"
-    data.write_text(f"path: {out / 'data'}\ntrain: images/train\nval: images/train\nnames:\n"
-                    + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)))
+    images = write_yolo_frames(bags, out / "data", names, every=3, prefix="p")
+    data = data_yaml(out / "data" / "data.yaml", images, images, names)
     log(f"pretraining on {len(list(images.iterdir()))} frames of other objects, "
         f"{args.pretrain_epochs} epochs ...")
     run = train(data, model="yolo11n-seg.yaml", epochs=args.pretrain_epochs, imgsz=args.imgsz,
@@ -298,7 +282,7 @@ def disagreement_scores(weights: str, pool: Sequence[PoolFrame], candidates: Seq
     if work.exists():
         shutil.rmtree(work)
     with contextlib.redirect_stdout(sys.stderr):  # ultralytics' export banner
-        fp32, _ = export_openvino(Path(weights), Path(), work, imgsz=imgsz, int8=False)
+        fp32, _ = export_openvino(Path(weights), None, work, imgsz=imgsz, int8=False)
     student = create_segmenter("yolo", model_dir=fp32)
     scores = {}
     for i in candidates:
@@ -429,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = args.cache / f"work{suffix}"
     shutil.rmtree(work, ignore_errors=True)
     pool = build_pool(pool_bags, work / "pool", names)
-    test_images = build_test(test_bags, work / "test", names, args.test_every)
+    test_images = write_yolo_frames(test_bags, work / "test", names, every=args.test_every,
+                                    prefix="t")
     log(f"pool: {len(pool)} novel frames of {len(pool_bags) * args.frames}; "
         f"test: {len(list(test_images.iterdir()))} frames")
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in ARMS}

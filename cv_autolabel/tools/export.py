@@ -305,12 +305,13 @@ def val_images(data_yaml: Path) -> list[Path]:
 
 
 # -- export ---------------------------------------------------------------------------------------
-def export_openvino(model_pt: Path, data_yaml: Path, out: Path, *, imgsz: int,
+def export_openvino(model_pt: Path, data_yaml: Path | None, out: Path, *, imgsz: int,
                     fraction: float = 1.0, int8: bool = True) -> tuple[Path, Path | None]:
     """Export ``model_pt`` with ultralytics as ``out/fp32`` and ``out/int8``; return both.
 
     The weights are copied into ``out/.work`` first, since ultralytics writes exports beside
-    the weights they come from. ``int8=False`` exports FP32 only (the second path is None).
+    the weights they come from. ``int8=False`` exports FP32 only (the second path is None;
+    ``data_yaml``, the INT8 calibration data, may then be None).
 
     Raises:
         ExportError: ultralytics or NNCF failed (the message says which export).
@@ -322,6 +323,8 @@ def export_openvino(model_pt: Path, data_yaml: Path, out: Path, *, imgsz: int,
     fp32 = _export_one(weights, out / "fp32", model_pt, imgsz=imgsz)
     if not int8:
         return fp32, None
+    if data_yaml is None:
+        raise ExportError("an INT8 export needs calibration data (a data.yaml)")
     return fp32, _export_one(weights, out / "int8", model_pt, imgsz=imgsz, quantize=8,
                              data=str(data_yaml), fraction=fraction)
 

@@ -216,9 +216,14 @@ def _decode(segmentation: Any, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
 
 
-def _label_lines(annotations: list[dict[str, Any]], height: int,
-                 width: int) -> tuple[list[str], list[int], int]:
-    """Return label lines, the class of each annotation giving lines, and how many gave none."""
+def yolo_label_lines(annotations: list[dict[str, Any]], height: int,
+                     width: int) -> tuple[list[str], list[int], int]:
+    """Return YOLO-seg label lines of COCO annotations of one image.
+
+    Each annotation needs ``segmentation`` (polygons or RLE) and a 1-based ``category_id``.
+    Returns the lines (one per polygon, normalised ``cls x y ...``), the class of each
+    annotation that gave lines, and how many annotations gave none.
+    """
     lines: list[str] = []
     kept: list[int] = []
     skipped = 0
@@ -251,7 +256,7 @@ def _write_splits(version: DatasetVersion, out: Path,
         split = assignment[group]
         src = version.path / img["file_name"]
         _link(src, out / "images" / split / src.name)
-        lines, kept, skipped = _label_lines(anns[img["id"]], img["height"], img["width"])
+        lines, kept, skipped = yolo_label_lines(anns[img["id"]], img["height"], img["width"])
         (out / "labels" / split / f"{src.stem}.txt").write_text("".join(f"{ln}\n" for ln in lines))
         _count(summary, split, group, src.stem, [names[c] for c in kept])
         summary["skipped_degenerate"] += skipped
