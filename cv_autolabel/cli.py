@@ -198,7 +198,9 @@ def _prompts(params: dict[str, Any]) -> dict[str, list[str]] | None:
     classes = params.get("classes")
     if not classes:
         return None
-    return {c: list(params.get(f"prompts.{c}") or [c.replace("_", " ")]) for c in classes}
+    from cv_autolabel.core.teachers.sam3 import default_prompt  # noqa: PLC0415
+
+    return {c: list(params.get(f"prompts.{c}") or [default_prompt(c)]) for c in classes}
 
 
 def cmd_flush(args: argparse.Namespace) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from cv_autolabel.components.active_learning import ActiveLearningComponent, rev
 from cv_autolabel.core.annotation_queue import AnnotationQueue
 from cv_autolabel.core.disagreement import DisagreementConfig
 from cv_autolabel.core.model_slot import ModelSlot
+from cv_autolabel.core.teachers.sam3 import default_prompt
 from cv_autolabel.nodes.common import InboxWorker, run_node
 from cv_autolabel.ros import topics as T
 from cv_autolabel.ros.ground_truth import GroundTruth, GroundTruthSegmenter
@@ -66,7 +67,7 @@ class ActiveLearningNode(Node):
         p = {name: self.get_parameter(name).value for name in _PARAMETERS}
         classes = tuple(p["classes"])
         for c in classes:  # one prompt list per configured class
-            self.declare_parameter(f"prompts.{c}", [c.replace("_", " ")],
+            self.declare_parameter(f"prompts.{c}", [default_prompt(c)],
                                    _P(description=f"SAM3 text prompts for {c}"))
         data = Path(str(p["data_dir"])).expanduser()
         self.export_dir = data / "exports"

@@ -46,7 +46,9 @@ class Teacher:
 
     @property
     def prompts(self) -> dict[str, list[str]]:
-        return {c: [c.replace("_", " ")] for c in CLASSES}  # "red can", "blue can"
+        from cv_autolabel.core.teachers.sam3 import default_prompt  # noqa: PLC0415
+
+        return {c: [default_prompt(c)] for c in CLASSES}  # "red can", "blue can"
 
     def replay(self, bag: Path, queue: Path, student: Path | None,
                workspace: Path) -> dict[str, Any]:

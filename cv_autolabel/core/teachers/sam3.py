@@ -28,6 +28,16 @@ from cv_autolabel.errors import TeacherError
 log = logging.getLogger(__name__)
 
 
+def default_prompt(class_name: str) -> str:
+    """The text prompt a class gets when none is configured: its name in words.
+
+    Example:
+        >>> default_prompt("red_can")
+        'red can'
+    """
+    return class_name.replace("_", " ")
+
+
 def flatten_prompts(prompts: Mapping[str, Sequence[str] | str]) -> tuple[list[str], list[int]]:
     """Return (all prompts, class index of each) for ``{class: prompt or prompts}``.
 
