@@ -342,9 +342,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                     tracking=args.tracking, patience=args.patience, device=args.device,
                     dataset_version=args.dataset_version)
     mask = summary["metrics"].get("mask_map50_95")
+    per_class = summary.get("mask_map50_95_per_class") or {}
+    by_class = (" (" + ", ".join(f"{name} {value:.3f}" for name, value in per_class.items())
+                + ")") if len(per_class) > 1 else ""
     tracked = summary["tracking"].get("offline_zip") or summary["tracking"]["mode"]
     print(f"trained {summary['epochs_completed']} epoch(s) in {summary['duration_s']} s: "
-          f"mask mAP50-95 {mask if mask is not None else 'n/a'}; best weights "
+          f"mask mAP50-95 {mask if mask is not None else 'n/a'}{by_class}; best weights "
           f"{summary['best_weights']} (tracking: {tracked})")
     return summary
 

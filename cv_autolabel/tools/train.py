@@ -7,8 +7,8 @@ that does not exist locally is an error, plots are off (they would fetch a font)
 (its check would fetch ``yolo11n.pt``), and ultralytics' font check of the dataset is skipped
 (it would fetch ``Arial.ttf``). The run lands in ``out/<name>/`` (ultralytics'
 ``weights/best.pt``, ``weights/last.pt``, ``results.csv``) plus ``cv_autolabel_run.json``:
-data, dataset version, model, settings, final val metrics (box and mask mAP50, mAP50-95),
-weights, duration and tracking.
+data, dataset version, model, settings, final val metrics (box and mask mAP50, mAP50-95, and
+mask mAP50-95 per class), weights, duration and tracking.
 
 Tracking (``tracking=``):
 
@@ -312,9 +312,24 @@ def _record(yolo: Any, results: Any, *, data_yaml: Path, version: str | None, mo
     best, last = Path(trainer.best), Path(trainer.last)
     return {"run_dir": str(trainer.save_dir), "data_yaml": str(data_yaml),
             "dataset_version": version, "model": model, "settings": settings,
-            "metrics": metrics, "epochs_completed": int(trainer.epoch) + 1,
+            "metrics": metrics, "mask_map50_95_per_class": mask_map_per_class(results),
+            "epochs_completed": int(trainer.epoch) + 1,
             "best_weights": str(best) if best.is_file() else None,
             "last_weights": str(last) if last.is_file() else None}
+
+
+def mask_map_per_class(results: Any) -> dict[str, float]:
+    """Mask mAP50-95 of each class present in the validation set, by class name.
+
+    ``results`` is ultralytics' ``SegmentMetrics``; anything else gives ``{}``. Classes absent
+    from the validation set are left out (ultralytics fills them with the overall mean).
+    """
+    seg, names = getattr(results, "seg", None), getattr(results, "names", None) or {}
+    try:
+        return {str(names.get(int(c), c)): round(float(ap), 5)
+                for c, ap in zip(seg.ap_class_index, seg.ap)}
+    except (AttributeError, TypeError):
+        return {}
 
 
 def _write_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -386,6 +401,8 @@ class _Tracker:
         logger = self.task.get_logger()
         for key, value in record["metrics"].items():
             logger.report_single_value(key, value)
+        for name, value in record["mask_map50_95_per_class"].items():
+            logger.report_single_value(f"mask_map50_95/{name}", value)
         self.task.connect({"best_weights": record["best_weights"] or "",
                            "run_dir": record["run_dir"]}, name="result")
 

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from cv_autolabel.core.coco import mask_annotation
 from cv_autolabel.core.dataset import create_version
 from cv_autolabel.errors import TrainingError
 from cv_autolabel.tools.prepare import prepare
-from cv_autolabel.tools.train import RUN_FILE, resolve_tracking, train
+from cv_autolabel.tools.train import RUN_FILE, mask_map_per_class, resolve_tracking, train
 
 H, W = 64, 80
 TICK = 200_000_000  # frames of a sequence 0.2 s apart: one group each
@@ -107,8 +108,19 @@ def test_run_is_recorded(run: dict[str, Any], data_yaml: Path) -> None:
     assert record["settings"]["imgsz"] == 64 and record["settings"]["plots"] is False
     assert set(METRICS) <= set(record["metrics"])
     assert all(0.0 <= record["metrics"][k] <= 1.0 for k in METRICS)
+    per_class = record["mask_map50_95_per_class"]
+    assert set(per_class) == {"can", "ball"}  # both are in the val split
+    assert all(0.0 <= v <= 1.0 for v in per_class.values())
     assert record["tracking"] == {"mode": "none"}
     assert record["duration_s"] > 0
+
+
+def test_per_class_map_names_only_classes_in_the_val_set() -> None:
+    seg = SimpleNamespace(ap_class_index=np.array([0, 2]), ap=np.array([0.5, 0.25]))
+    results = SimpleNamespace(seg=seg, names={0: "can", 1: "box", 2: "ball"})
+    assert mask_map_per_class(results) == {"can": 0.5, "ball": 0.25}  # no "box": not in val
+    assert mask_map_per_class(None) == {}
+    assert mask_map_per_class(SimpleNamespace(names={0: "can"})) == {}  # a detection model
 
 
 def test_no_tracking_and_no_network(run: dict[str, Any]) -> None:
