@@ -41,10 +41,9 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from cv_autolabel.core.instances import Instances, mask_iou
 from cv_autolabel.core.manifest import write_manifest
 from cv_autolabel.core.model_slot import replace_symlink
 from cv_autolabel.errors import CvAutolabelError, ExportError
+from cv_autolabel.tools.ultralytics_output import stdout_to_stderr
 
 #: Two instances match when they share a class and their masks overlap at least this much.
 MATCH_IOU = 0.5
@@ -352,10 +352,9 @@ def _offline() -> Iterator[None]:
     os.environ["YOLO_OFFLINE"] = "1"
     # Imported before stdout is redirected, so their loggers keep the real streams.
     import nncf  # noqa: F401, PLC0415
-    import ultralytics  # noqa: F401, PLC0415
 
     try:
-        with redirect_stdout(sys.stderr):  # its progress bars: stdout is for our summary
+        with stdout_to_stderr():  # its log and progress bars: stdout is for our summary
             yield
     finally:
         if old is None:

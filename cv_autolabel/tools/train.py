@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -42,6 +40,7 @@ from typing import Any
 import yaml
 
 from cv_autolabel.errors import TrainingError
+from cv_autolabel.tools.ultralytics_output import stdout_to_stderr
 
 RUN_FILE = "cv_autolabel_run.json"
 TRACKING_MODES = ("auto", "clearml", "none")
@@ -248,7 +247,7 @@ def _train_kwargs(*, epochs: int, imgsz: int, batch: int, seed: int, patience: i
 
 def _fit(yolo: Any, data_yaml: Path, out: Path, name: str, kwargs: dict[str, Any]) -> Any:
     """Run ultralytics training with its integrations off and its output on stderr."""
-    with _integrations_off(), _no_font_download(), _stdout_to_stderr():
+    with _integrations_off(), _no_font_download(), stdout_to_stderr():
         try:
             return yolo.train(data=str(data_yaml), project=str(out), name=name, exist_ok=False,
                               **kwargs)
@@ -285,21 +284,6 @@ def _no_font_download() -> Iterator[None]:
         yield
     finally:
         data_utils.check_font = original
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send ultralytics' log and progress bars to stderr, keeping stdout for results."""
-    handlers = [h for h in logging.getLogger("ultralytics").handlers
-                if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
-    for handler in handlers:
-        handler.setStream(sys.stderr)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        for handler in handlers:
-            handler.setStream(sys.stdout)
 
 
 def _record(yolo: Any, results: Any, *, data_yaml: Path, version: str | None, model: str,
