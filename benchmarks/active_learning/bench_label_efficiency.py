@@ -48,6 +48,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("random", "disagreement")
+TARGETS = ("red_can", "blue_can")  # the classes being labelled; the rest are distractors
 
 
 # -- pure helpers (tested in test/benchmarks) ----------------------------------------------------
@@ -89,13 +90,18 @@ def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
 
     ``runs[arm][seed]`` is that arm's list of rounds (``labelled``, ``map``), round 0 first.
     """
-    curves: dict[str, dict[str, list[float]]] = {}
+    curves: dict[str, dict[str, Any]] = {}
     for arm, by_seed in runs.items():
         rounds = list(zip(*by_seed.values()))
         curves[arm] = {
             "labelled": [float(np.mean([r["labelled"] for r in rs])) for rs in rounds],
             "map_mean": [float(np.mean([r["map"] for r in rs])) for rs in rounds],
             "map_std": [float(np.std([r["map"] for r in rs])) for rs in rounds]}
+        classes = sorted({c for rs in rounds for r in rs for c in r.get("map_per_class", {})})
+        if classes:  # a class missing from a round's test results counts as 0
+            curves[arm]["class_map_mean"] = {
+                c: [float(np.mean([r.get("map_per_class", {}).get(c, 0.0) for r in rs]))
+                    for rs in rounds] for c in classes}
     rnd, dis = curves["random"], curves["disagreement"]
     target = rnd["map_mean"][-1]
     reach = labels_to_reach(dis["labelled"], dis["map_mean"], target)
@@ -127,14 +133,32 @@ class PoolFrame:
     classes: dict[int, str]
 
 
-def _sim(cache: Path, seed: int, args: argparse.Namespace, per_class: int) -> Path:
+def _sim(cache: Path, seed: int, args: argparse.Namespace, per_class: int,
+         classes: Sequence[str] = TARGETS) -> Path:
     from cv_autolabel.tools.sim.run import SimConfig, simulate  # noqa: PLC0415
 
-    bag = cache / "bags" / f"seed{seed}_{args.frames}f_{args.width}x{args.height}_pc{per_class}"
+    tag = "" if tuple(classes) == TARGETS else "_" + "+".join(classes)
+    bag = (cache / "bags"
+           / f"seed{seed}_{args.frames}f_{args.width}x{args.height}_pc{per_class}{tag}")
     if not bag.exists():
         simulate(SimConfig(frames=args.frames, seed=seed, width=args.width, height=args.height,
-                           per_class=per_class), bag)
+                           per_class=per_class, classes=tuple(classes)), bag)
     return bag
+
+
+def pool_classes(scenario: str, bag: int, rare_bags: int) -> tuple[str, ...]:
+    """The target classes in pool recording ``bag`` under ``scenario``.
+
+    ``uniform``: both in every recording. ``longtail``: the cell's usual stock (red cans) in
+    every recording, the new product (blue cans) only in the first ``rare_bags`` of them.
+
+    Example:
+        >>> [pool_classes("longtail", b, 1) for b in range(3)]
+        [('red_can', 'blue_can'), ('red_can',), ('red_can',)]
+    """
+    if scenario == "uniform" or bag < rare_bags:
+        return TARGETS
+    return TARGETS[:1]
 
 
 def _classes(gt: Any) -> dict[int, str]:
@@ -266,7 +290,8 @@ def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
                 extra={"val": False})  # validated once, at the end, on the test set
     return {"labelled": len(frames), "instances": sum(len(f.label_lines) for f in frames),
             "map": run["metrics"]["mask_map50_95"],
-            "map50": run["metrics"]["mask_map50"], "epochs": epochs,
+            "map50": run["metrics"]["mask_map50"],
+            "map_per_class": run["mask_map50_95_per_class"], "epochs": epochs,
             "train_s": round(time.perf_counter() - started, 1),
             "weights": run["last_weights"]}
 
@@ -293,6 +318,13 @@ def disagreement_scores(weights: str, pool: Sequence[PoolFrame], candidates: Seq
     return scores
 
 
+def _per_class(result: dict[str, Any]) -> str:
+    per_class = result.get("map_per_class") or {}
+    if not per_class:
+        return ""
+    return "[" + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items()) + "] "
+
+
 def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequence[str],
              work: Path, args: argparse.Namespace, log: Any,
              init: str = "yolo11n-seg.yaml") -> dict[str, list[dict[str, Any]]]:
@@ -301,7 +333,7 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
     log(f"seed {seed}: round 0, {len(initial)} labelled, training from {Path(init).name} ...")
     first = train_round(work / f"seed{seed}" / "round0", [pool[i] for i in initial], test_images,
                         names, init=init, args=args, seed=seed)
-    log(f"   mask mAP50-95 {first['map']:.3f} ({first['train_s']} s)")
+    log(f"   mask mAP50-95 {first['map']:.3f} {_per_class(first)}({first['train_s']} s)")
     out: dict[str, list[dict[str, Any]]] = {}
     for arm in ARMS:
         arm_rng = np.random.default_rng([seed, ARMS.index(arm)])
@@ -323,7 +355,7 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
                                  [pool[i] for i in labelled], test_images, names,
                                  init=rounds[-1]["weights"], args=args, seed=seed)
             log(f"   {arm} round {r}: {len(labelled)} labelled, mask mAP50-95 "
-                f"{result['map']:.3f} ({result['train_s']} s)")
+                f"{result['map']:.3f} {_per_class(result)}({result['train_s']} s)")
             rounds.append(result)
         out[arm] = rounds
     return out
@@ -332,16 +364,22 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
 # -- report ---------------------------------------------------------------------------------------
 
 def table(summary: dict[str, Any]) -> str:
+    """Markdown table of mean ± std mask mAP per round and arm, then per class (means)."""
     rnd, dis = summary["curves"]["random"], summary["curves"]["disagreement"]
-    lines = ["| round | labelled | random mask mAP50-95 | disagreement mask mAP50-95 |",
-             "|---:|---:|---:|---:|"]
+    classes = list(rnd.get("class_map_mean", {}))
+    head = "| round | labelled | random mask mAP50-95 | disagreement mask mAP50-95 |"
+    head += "".join(f" {c}: random / disagreement |" for c in classes)
+    lines = [head, "|---:|---:|---:|---:|" + "---:|" * len(classes)]
     for r, n in enumerate(rnd["labelled"]):
         lines.append(f"| {r} | {n:.0f} | {rnd['map_mean'][r]:.3f} ± {rnd['map_std'][r]:.3f} | "
-                     f"{dis['map_mean'][r]:.3f} ± {dis['map_std'][r]:.3f} |")
+                     f"{dis['map_mean'][r]:.3f} ± {dis['map_std'][r]:.3f} |"
+                     + "".join(f" {rnd['class_map_mean'][c][r]:.3f} / "
+                               f"{dis['class_map_mean'][c][r]:.3f} |" for c in classes))
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str) -> None:
+def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str,
+         scenario: str) -> None:
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -359,7 +397,7 @@ def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str) -
         ax.axvline(summary["disagreement_labels_to_reach"], color="tab:red", ls=":", lw=1)
     ax.set_xlabel("labelled images")
     ax.set_ylabel("test mask mAP50-95")
-    ax.set_title(f"Label efficiency on the synthetic bin world (seed model: {init})")
+    ax.set_title(f"Label efficiency, {scenario} pool (seed model: {init})")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -386,6 +424,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--init", choices=["scratch", "pretrained"], default="scratch",
                    help="seed model: from the config, or pretrained on other objects")
     p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--scenario", choices=["uniform", "longtail"], default="uniform",
+                   help="pool: both classes in every recording, or blue cans (a new product) "
+                        "in only --rare-bags of them; the test set always holds both")
+    p.add_argument("--rare-bags", type=int, default=2,
+                   help="longtail: pool recordings that hold blue cans")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cv_bench_al")
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--quick", action="store_true",
@@ -402,21 +445,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:7.0f} s] {msg}", flush=True)
 
-    names = ("red_can", "blue_can")
+    names = TARGETS
     per_class = (3, 5, 4, 6)
-    pool_bags = [_sim(args.cache, 1000 + i, args, per_class[i % 4]) for i in range(args.pool_bags)]
+    pool_bags = [_sim(args.cache, 1000 + i, args, per_class[i % 4],
+                      pool_classes(args.scenario, i, args.rare_bags))
+                 for i in range(args.pool_bags)]
     test_bags = [_sim(args.cache, 2000 + i, args, per_class[(i + 1) % 4])
                  for i in range(args.test_bags)]
     log(f"recordings ready: {len(pool_bags)} pool, {len(test_bags)} test")
     init = pretrain(args.cache, args, log) if args.init == "pretrained" else "yolo11n-seg.yaml"
-    suffix = ("_quick" if args.quick else "") + ("_pretrained" if args.init == "pretrained" else "")
+    suffix = (("_quick" if args.quick else "")
+              + ("_pretrained" if args.init == "pretrained" else "")
+              + ("_longtail" if args.scenario == "longtail" else ""))
     work = args.cache / f"work{suffix}"
     shutil.rmtree(work, ignore_errors=True)
     pool = build_pool(pool_bags, work / "pool", names)
     test_images = write_yolo_frames(test_bags, work / "test", names, every=args.test_every,
                                     prefix="t")
-    log(f"pool: {len(pool)} novel frames of {len(pool_bags) * args.frames}; "
-        f"test: {len(list(test_images.iterdir()))} frames")
+    holding = {c: sum(any(line.split()[0] == str(k) for line in f.label_lines) for f in pool)
+               for k, c in enumerate(names)}
+    log(f"pool: {len(pool)} novel frames of {len(pool_bags) * args.frames} ("
+        + ", ".join(f"{c} in {n}" for c, n in holding.items())
+        + f"); test: {len(list(test_images.iterdir()))} frames")
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in ARMS}
     for seed in args.seeds:
         for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log,
@@ -429,12 +479,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "cpus": os.cpu_count(), "python": platform.python_version(),
               "settings": {k: (str(v) if isinstance(v, Path) else v)
                            for k, v in vars(args).items()},
-              "pool_frames": len(pool), "test_frames": len(list(test_images.iterdir())),
+              "pool_frames": len(pool), "pool_frames_holding": holding,
+              "test_frames": len(list(test_images.iterdir())),
               "runs": runs, "summary": summary,
               "duration_s": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"results{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(summary, runs, args.out / f"label_efficiency{suffix}.png", args.init)
+    plot(summary, runs, args.out / f"label_efficiency{suffix}.png", args.init,
+         args.scenario)
     print("\n" + table(summary))
     ratio = summary["label_ratio"]
     if not summary["learned"]:

@@ -68,3 +68,31 @@ def test_no_verdict_when_random_selection_learned_nothing() -> None:
             "disagreement": {0: _rounds([6, 12], [0.0, 0.0])}}
     s = bench.summarise(runs)
     assert s["learned"] is False and s["target_met"] is False
+
+
+def test_longtail_pool_holds_the_new_product_in_few_recordings() -> None:
+    longtail = [bench.pool_classes("longtail", b, 2) for b in range(12)]
+    assert longtail.count(("red_can", "blue_can")) == 2
+    assert longtail.count(("red_can",)) == 10
+    assert all(bench.pool_classes("uniform", b, 2) == ("red_can", "blue_can") for b in range(12))
+
+
+def test_summary_and_table_carry_per_class_means() -> None:
+    def rounds(maps: list[float], blue: list[float]) -> list[dict]:
+        return [{"labelled": n, "map": m, "map_per_class": {"red_can": 2 * m - b,
+                                                             "blue_can": b}}
+                for n, m, b in zip([24, 48], maps, blue)]
+
+    runs = {"random": {0: rounds([0.1, 0.2], [0.02, 0.04]),
+                       1: rounds([0.1, 0.2], [0.04, 0.06])},
+            "disagreement": {0: rounds([0.1, 0.3], [0.02, 0.2]),
+                             1: [{"labelled": 24, "map": 0.1, "map_per_class": {"red_can": 0.2}},
+                                 {"labelled": 48, "map": 0.3,
+                                  "map_per_class": {"red_can": 0.3, "blue_can": 0.3}}]}}
+    curves = bench.summarise(runs)["curves"]
+    assert curves["random"]["class_map_mean"]["blue_can"] == pytest.approx([0.03, 0.05])
+    # a class missing from a round's results (not detected at all) counts as 0
+    assert curves["disagreement"]["class_map_mean"]["blue_can"] == pytest.approx([0.01, 0.25])
+    text = bench.table(bench.summarise(runs))
+    assert "blue_can: random / disagreement" in text.splitlines()[0]
+    assert "| 1 | 48 | 0.200 ± 0.000 | 0.300 ± 0.000 |" in text
