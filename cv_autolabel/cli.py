@@ -478,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="ZIP", help="zip to write")
     p.add_argument("--classes", default=None,
                    help="category order, comma separated (default: config, else the queue's)")
-    p.add_argument("--limit", type=int, default=None, help="export at most N frames")
+    p.add_argument("--limit", type=int, default=None,
+                   help="export at most N frames, the highest-scoring first")
     p.add_argument("--review", type=Path, default=None, metavar="DIR",
                    help="also write side-by-side student/teacher review images here")
     _common(p)

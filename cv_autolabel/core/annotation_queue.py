@@ -310,11 +310,16 @@ class AnnotationQueue:
             os.close(fd)  # closing drops the flock; the kernel also drops it on kill -9
 
     def begin_export(self, name: str, path: Path, limit: int | None = None) -> ExportBatch | None:
-        """Reserve the oldest unreserved pending entries for an export; None if there are none."""
+        """Reserve unreserved pending entries for an export; None if there are none.
+
+        With a ``limit``, the highest-scoring entries are taken (the oldest first among equal
+        scores): a labelling budget goes to the frames the student gets most wrong. The batch
+        lists its ids in arrival order.
+        """
         with self._write() as conn:
-            ids = tuple(r[0] for r in conn.execute(
+            ids = tuple(sorted(r[0] for r in conn.execute(
                 "SELECT id FROM entries WHERE state = 'pending' AND batch_id IS NULL "
-                "ORDER BY id LIMIT ?", (-1 if limit is None else int(limit),)))
+                "ORDER BY score DESC, id LIMIT ?", (-1 if limit is None else int(limit),))))
             if not ids:
                 return None
             batch_id = int(conn.execute(

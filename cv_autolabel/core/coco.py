@@ -90,13 +90,13 @@ class _Built:
 def flush(queue: AnnotationQueue, out_zip: Path, *, class_names: Sequence[str],
           limit: int | None = None,
           annotations: Literal["teacher", "student"] = "teacher") -> FlushResult:
-    """Export the oldest pending entries to a CVAT-ready COCO 1.0 zip and mark them exported.
+    """Export pending entries to a CVAT-ready COCO 1.0 zip and mark them exported.
 
     Args:
         queue: the annotation queue.
         out_zip: the zip to write; it must not exist. The batch is named after it.
         class_names: CVAT's labels, in category id order (id 1 = ``class_names[0]``).
-        limit: most entries to export (None: all pending).
+        limit: most entries to export (None: all pending); the highest-scoring are taken.
         annotations: which instances become the pre-annotations.
 
     Returns:

@@ -77,10 +77,10 @@ def frame(seed: int) -> Frame:
     return Frame(rgb, None, None, 1_700_000_000_000_000_000 + seed, "cam")
 
 
-def add(q: AnnotationQueue, seed: int, teacher: Instances, student: Instances | None = None
-        ) -> int:
+def add(q: AnnotationQueue, seed: int, teacher: Instances, student: Instances | None = None,
+        score: float = 0.5) -> int:
     student = student if student is not None else instances([rect(1, 1, 5, 5)], ["hand"])
-    entry_id = q.enqueue(frame(seed), teacher=teacher, student=student, score=0.5, reasons=[],
+    entry_id = q.enqueue(frame(seed), teacher=teacher, student=student, score=score, reasons=[],
                          source="bag")
     assert entry_id is not None
     return entry_id
@@ -250,6 +250,19 @@ def test_flush_is_idempotent_and_exports_in_id_order(queue: AnnotationQueue,
     assert queue.get(ids[4]).exported_batch == "b2.zip"
     new = add(queue, 9, instances([rect(1, 1, 3, 3)], ["box"]))
     assert flush(queue, tmp_path / "b4.zip", class_names=CLASSES).entry_ids == (new,)
+
+
+def test_a_limited_flush_takes_the_highest_scores_in_arrival_order(queue: AnnotationQueue,
+                                                                   tmp_path: Path) -> None:
+    scores = [0.3, 0.9, 0.5, 0.9, 0.7]
+    ids = [add(queue, i, instances([rect(i, 0, 3, 3)], ["can"]), score=s)
+           for i, s in enumerate(scores)]
+    first = flush(queue, tmp_path / "b1.zip", class_names=CLASSES, limit=3)
+    assert first.entry_ids == (ids[1], ids[3], ids[4])  # 0.9, 0.9, 0.7, listed by arrival
+    images = read_coco_zip(tmp_path / "b1.zip")["images"]
+    assert len(images) == 3
+    assert flush(queue, tmp_path / "b2.zip", class_names=CLASSES,
+                 limit=1).entry_ids == (ids[2],)  # 0.5 before 0.3
 
 
 def test_an_existing_zip_is_never_overwritten(queue: AnnotationQueue, tmp_path: Path) -> None:
