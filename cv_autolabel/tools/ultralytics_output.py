@@ -18,13 +18,14 @@ def stdout_to_stderr() -> Iterator[None]:
     """Send ultralytics' log and anything printed to stderr; restore both afterwards."""
     import ultralytics  # noqa: F401, PLC0415  (its logger must exist before it is moved)
 
-    handlers = [h for h in logging.getLogger("ultralytics").handlers
-                if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
-    for handler in handlers:
+    moved = [(h, h.stream) for h in logging.getLogger("ultralytics").handlers
+             if isinstance(h, logging.StreamHandler)
+             and h.stream in (sys.stdout, sys.__stdout__)]  # __stdout__: inside a redirect
+    for handler, _ in moved:
         handler.setStream(sys.stderr)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
-        for handler in handlers:
-            handler.setStream(sys.stdout)
+        for handler, stream in moved:
+            handler.setStream(stream)

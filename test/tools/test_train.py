@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -253,3 +254,41 @@ def test_cli_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code = main(["train", str(tmp_path / "absent.yaml"), "--tracking", "none"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("error: data.yaml not found")
+
+
+def test_ultralytics_log_is_moved_even_inside_someone_elses_redirect() -> None:
+    import io  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from cv_autolabel.tools.ultralytics_output import stdout_to_stderr  # noqa: PLC0415
+
+    logger = logging.getLogger("ultralytics")
+    handler = logging.StreamHandler(sys.__stdout__)  # bound before the caller's redirect
+    logger.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), stdout_to_stderr():
+            assert handler.stream is sys.stderr
+        assert handler.stream is sys.__stdout__
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_ultralytics_log_goes_to_stderr_while_it_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging  # noqa: PLC0415
+
+    from cv_autolabel.tools.ultralytics_output import stdout_to_stderr  # noqa: PLC0415
+
+    logger = logging.getLogger("ultralytics")
+    handler = logging.StreamHandler(sys.stdout)  # as ultralytics binds its own at import
+    logger.addHandler(handler)
+    try:
+        with stdout_to_stderr():
+            logger.warning("export banner")
+            print("progress bar")
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+    captured = capsys.readouterr()
+    assert "export banner" in captured.err and "progress bar" in captured.err
+    assert "export banner" not in captured.out and "progress bar" not in captured.out
+    assert "after" in captured.out  # the stream is given back
