@@ -29,13 +29,11 @@ Writes results.json and label_efficiency.png beside this file (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -47,7 +45,10 @@ import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ARMS = ("random", "disagreement")
+#: random: a uniform draw. disagreement: the top scores (what the bounded queue keeps).
+#: diverse: the top score of each visual cluster (``flush --limit N --diverse``).
+ARMS = ("random", "disagreement", "diverse")
+TARGET_RATIO = 0.6  # issue #6: reach random's final mAP with at most 60% of its labels
 TARGETS = ("red_can", "blue_can")  # the classes being labelled; the rest are distractors
 
 
@@ -102,22 +103,26 @@ def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
             curves[arm]["class_map_mean"] = {
                 c: [float(np.mean([r.get("map_per_class", {}).get(c, 0.0) for r in rs]))
                     for rs in rounds] for c in classes}
-    rnd, dis = curves["random"], curves["disagreement"]
-    target = rnd["map_mean"][-1]
-    reach = labels_to_reach(dis["labelled"], dis["map_mean"], target)
-    final_labels = rnd["labelled"][-1]
-    per_seed = {}
-    for seed in runs["random"]:
-        r = runs["random"][seed]
-        d = runs["disagreement"][seed]
-        hit = labels_to_reach([x["labelled"] for x in d], [x["map"] for x in d], r[-1]["map"])
-        per_seed[str(seed)] = None if hit is None else round(hit / r[-1]["labelled"], 3)
-    ratio = None if reach is None else reach / final_labels
+    rnd = curves["random"]
+    target, final_labels = rnd["map_mean"][-1], rnd["labelled"][-1]
     learned = target > rnd["map_mean"][0]  # else "reaching" it means nothing
+    verdicts = {}
+    for arm in runs:
+        if arm == "random":
+            continue
+        reach = labels_to_reach(curves[arm]["labelled"], curves[arm]["map_mean"], target)
+        per_seed = {}
+        for seed, r in runs["random"].items():
+            a = runs[arm][seed]
+            hit = labels_to_reach([x["labelled"] for x in a], [x["map"] for x in a],
+                                  r[-1]["map"])
+            per_seed[str(seed)] = None if hit is None else round(hit / r[-1]["labelled"], 3)
+        ratio = None if reach is None else reach / final_labels
+        verdicts[arm] = {"labels_to_reach": reach, "label_ratio": ratio,
+                         "label_ratio_per_seed": per_seed,
+                         "target_met": learned and ratio is not None and ratio <= TARGET_RATIO}
     return {"curves": curves, "random_final_map": target, "random_final_labels": final_labels,
-            "disagreement_labels_to_reach": reach, "label_ratio": ratio,
-            "label_ratio_per_seed": per_seed, "target_ratio": 0.6,
-            "learned": learned, "target_met": learned and ratio is not None and ratio <= 0.6}
+            "target_ratio": TARGET_RATIO, "learned": learned, "arms": verdicts}
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -131,6 +136,7 @@ class PoolFrame:
     label_lines: list[str]
     labels: np.ndarray
     classes: dict[int, str]
+    embedding: np.ndarray  # the dedup's thumbnail descriptor
 
 
 def _sim(cache: Path, seed: int, args: argparse.Namespace, per_class: int,
@@ -189,7 +195,9 @@ def _frames(bag: Path) -> list[tuple[Any, Any]]:
 def build_pool(bags: list[Path], out: Path, names: Sequence[str]) -> list[PoolFrame]:
     """Dedup the pool recordings as the robot would; write the novel frames as PNGs."""
     from cv_autolabel.core.dedup import DedupSettings, open_deduplicator  # noqa: PLC0415
+    from cv_autolabel.core.embedders import create_embedder  # noqa: PLC0415
 
+    embedder = create_embedder("thumbnail")
     out.mkdir(parents=True, exist_ok=True)
     dedup = open_deduplicator(DedupSettings(data_dir=out / "dedup", db_uri=":memory:"))
     pool: list[PoolFrame] = []
@@ -203,7 +211,7 @@ def build_pool(bags: list[Path], out: Path, names: Sequence[str]) -> list[PoolFr
                 path.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(path), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
                 pool.append(PoolFrame(name, path, _yolo_lines(gt, names), gt.labels,
-                                      _classes(gt)))
+                                      _classes(gt), embedder.embed(frame.rgb)))
     finally:
         dedup.close_all()
     return pool
@@ -306,8 +314,7 @@ def disagreement_scores(weights: str, pool: Sequence[PoolFrame], candidates: Seq
 
     if work.exists():
         shutil.rmtree(work)
-    with contextlib.redirect_stdout(sys.stderr):  # ultralytics' export banner
-        fp32, _ = export_openvino(Path(weights), None, work, imgsz=imgsz, int8=False)
+    fp32, _ = export_openvino(Path(weights), None, work, imgsz=imgsz, int8=False)
     student = create_segmenter("yolo", model_dir=fp32)
     scores = {}
     for i in candidates:
@@ -325,6 +332,20 @@ def _per_class(result: dict[str, Any]) -> str:
     return "[" + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items()) + "] "
 
 
+def pick(arm: str, scores: dict[int, float], pool: Sequence[PoolFrame], k: int,
+         rng: np.random.Generator) -> list[int]:
+    """The ``k`` pool frames ``arm`` labels next, from the candidates' disagreement ``scores``."""
+    from cv_autolabel.core.selection import select_diverse  # noqa: PLC0415
+
+    if arm == "disagreement":
+        return top_scores(scores, k, rng)
+    keys = list(scores)
+    chosen = select_diverse([scores[i] for i in keys],
+                            np.stack([pool[i].embedding for i in keys]), k,
+                            seed=int(rng.integers(2**31)))
+    return [keys[j] for j in chosen]
+
+
 def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequence[str],
              work: Path, args: argparse.Namespace, log: Any,
              init: str = "yolo11n-seg.yaml") -> dict[str, list[dict[str, Any]]]:
@@ -335,7 +356,7 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
                         names, init=init, args=args, seed=seed)
     log(f"   mask mAP50-95 {first['map']:.3f} {_per_class(first)}({first['train_s']} s)")
     out: dict[str, list[dict[str, Any]]] = {}
-    for arm in ARMS:
+    for arm in args.arms:
         arm_rng = np.random.default_rng([seed, ARMS.index(arm)])
         labelled, rounds = list(initial), [dict(first)]
         for r in range(1, args.rounds + 1):
@@ -347,9 +368,10 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
                 scores = disagreement_scores(rounds[-1]["weights"], pool, rest, names,
                                              work / f"seed{seed}" / arm / f"student{r}",
                                              args.imgsz)
-                picked = top_scores(scores, args.budget, arm_rng)
+                picked = pick(arm, scores, pool, args.budget, arm_rng)
                 log(f"   {arm} round {r}: picked scores {np.mean([scores[i] for i in picked]):.2f} "
-                    f"mean (pool mean {np.mean(list(scores.values())):.2f})")
+                    f"mean (pool mean {np.mean(list(scores.values())):.2f}), from "
+                    f"{len({pool[i].name.split('_')[0] for i in picked})} recordings")
             labelled += picked
             result = train_round(work / f"seed{seed}" / arm / f"round{r}",
                                  [pool[i] for i in labelled], test_images, names,
@@ -361,21 +383,65 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
     return out
 
 
+_SAME_SETTINGS = ("seeds", "rounds", "seed_size", "budget", "iters", "pool_bags", "test_bags",
+                  "test_every", "frames", "width", "height", "imgsz", "init", "pretrain_epochs",
+                  "scenario", "rare_bags", "quick")
+
+
+def merge_runs(runs: dict[str, dict[int, list[dict[str, Any]]]], earlier: dict[str, Any],
+               args: argparse.Namespace) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """``runs`` plus the arms of an ``earlier`` results.json that were not run now.
+
+    Raises SystemExit when the earlier run's settings differ, or its round 0 does not match.
+    """
+    settings = earlier["settings"]
+    differ = [k for k in _SAME_SETTINGS if settings.get(k, getattr(args, k)) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--merge: settings differ: {', '.join(differ)}")
+    merged = dict(runs)
+    for arm, by_seed in earlier["runs"].items():
+        if arm in merged:
+            continue
+        merged[arm] = {int(seed): rounds for seed, rounds in by_seed.items()}
+        for seed, rounds in merged[arm].items():
+            mine = next(iter(runs.values()))[seed][0]["map"]
+            if abs(rounds[0]["map"] - mine) > 1e-6:
+                raise SystemExit(f"--merge: seed {seed} round 0 differs ({rounds[0]['map']} vs "
+                                 f"{mine}): not the same seed model")
+    return {arm: merged[arm] for arm in ARMS if arm in merged}
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 def table(summary: dict[str, Any]) -> str:
     """Markdown table of mean ± std mask mAP per round and arm, then per class (means)."""
-    rnd, dis = summary["curves"]["random"], summary["curves"]["disagreement"]
-    classes = list(rnd.get("class_map_mean", {}))
-    head = "| round | labelled | random mask mAP50-95 | disagreement mask mAP50-95 |"
-    head += "".join(f" {c}: random / disagreement |" for c in classes)
-    lines = [head, "|---:|---:|---:|---:|" + "---:|" * len(classes)]
-    for r, n in enumerate(rnd["labelled"]):
-        lines.append(f"| {r} | {n:.0f} | {rnd['map_mean'][r]:.3f} ± {rnd['map_std'][r]:.3f} | "
-                     f"{dis['map_mean'][r]:.3f} ± {dis['map_std'][r]:.3f} |"
-                     + "".join(f" {rnd['class_map_mean'][c][r]:.3f} / "
-                               f"{dis['class_map_mean'][c][r]:.3f} |" for c in classes))
+    curves = summary["curves"]
+    arms = list(curves)
+    classes = list(curves["random"].get("class_map_mean", {}))
+    head = "| round | labelled |" + "".join(f" {a} |" for a in arms)
+    head += "".join(f" {c}: {' / '.join(arms)} |" for c in classes)
+    lines = [head, "|---:|---:|" + "---:|" * (len(arms) + len(classes))]
+    for r, n in enumerate(curves["random"]["labelled"]):
+        row = f"| {r} | {n:.0f} |" + "".join(
+            f" {curves[a]['map_mean'][r]:.3f} ± {curves[a]['map_std'][r]:.3f} |" for a in arms)
+        row += "".join(" " + " / ".join(f"{curves[a]['class_map_mean'][c][r]:.3f}"
+                                        for a in arms) + " |" for c in classes)
+        lines.append(row)
     return "\n".join(lines)
+
+
+def verdict_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per selection arm: labels it needs to reach random's final mAP."""
+    lines = []
+    for arm, v in summary["arms"].items():
+        ratio = v["label_ratio"]
+        lines.append(f"{arm} reaches random's final mask mAP50-95 "
+                     f"{summary['random_final_map']:.3f} ({summary['random_final_labels']:.0f} "
+                     "labels) with " + ("never (within these rounds)" if ratio is None else
+                                        f"{v['labels_to_reach']:.0f} labels ({ratio:.0%}); "
+                                        f"target <= {summary['target_ratio']:.0%}: "
+                                        f"{'met' if v['target_met'] else 'not met'}"))
+    return lines
 
 
 def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str,
@@ -386,15 +452,16 @@ def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str,
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for arm, colour in zip(ARMS, ("tab:gray", "tab:red")):
-        c = summary["curves"][arm]
+    colours = {"random": "tab:gray", "disagreement": "tab:red", "diverse": "tab:blue"}
+    for arm, c in summary["curves"].items():
         x, y, s = (np.array(c[k]) for k in ("labelled", "map_mean", "map_std"))
-        ax.plot(x, y, "o-", color=colour, label=f"{arm} (mean of {len(runs[arm])} seeds)")
-        ax.fill_between(x, y - s, y + s, color=colour, alpha=0.15)
+        ax.plot(x, y, "o-", color=colours[arm], label=f"{arm} (mean of {len(runs[arm])} seeds)")
+        ax.fill_between(x, y - s, y + s, color=colours[arm], alpha=0.15)
+        reach = summary["arms"].get(arm, {}).get("labels_to_reach")
+        if reach is not None:
+            ax.axvline(reach, color=colours[arm], ls=":", lw=1)
     ax.axhline(summary["random_final_map"], color="tab:gray", ls=":", lw=1,
                label="random's final mAP")
-    if summary["disagreement_labels_to_reach"] is not None:
-        ax.axvline(summary["disagreement_labels_to_reach"], color="tab:red", ls=":", lw=1)
     ax.set_xlabel("labelled images")
     ax.set_ylabel("test mask mAP50-95")
     ax.set_title(f"Label efficiency, {scenario} pool (seed model: {init})")
@@ -431,6 +498,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="longtail: pool recordings that hold blue cans")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cv_bench_al")
     p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                   help="selection arms to run (random is needed for the verdict)")
+    p.add_argument("--merge", type=Path, default=None,
+                   help="an earlier results.json with the same settings: its arms that are "
+                        "not run now join the table (training is deterministic per seed, so "
+                        "round 0 is the same model)")
     p.add_argument("--quick", action="store_true",
                    help="plumbing check: 1 seed, 1 round, tiny trainings")
     args = p.parse_args(argv)
@@ -457,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     suffix = (("_quick" if args.quick else "")
               + ("_pretrained" if args.init == "pretrained" else "")
               + ("_longtail" if args.scenario == "longtail" else ""))
-    work = args.cache / f"work{suffix}"
+    work = args.cache / (f"work{suffix}"
+                         + ("" if args.arms == list(ARMS) else "_" + "+".join(args.arms)))
     shutil.rmtree(work, ignore_errors=True)
     pool = build_pool(pool_bags, work / "pool", names)
     test_images = write_yolo_frames(test_bags, work / "test", names, every=args.test_every,
@@ -467,11 +541,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"pool: {len(pool)} novel frames of {len(pool_bags) * args.frames} ("
         + ", ".join(f"{c} in {n}" for c, n in holding.items())
         + f"); test: {len(list(test_images.iterdir()))} frames")
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in ARMS}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in args.arms}
     for seed in args.seeds:
         for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log,
                                     init).items():
             runs[arm][seed] = rounds
+    if args.merge:
+        runs = merge_runs(runs, json.loads(args.merge.read_text()), args)
     summary = summarise(runs)
     from cv_autolabel.tools.machine import cpu_model  # noqa: PLC0415
 
@@ -487,15 +563,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (args.out / f"results{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(summary, runs, args.out / f"label_efficiency{suffix}.png", args.init,
          args.scenario)
-    print("\n" + table(summary))
-    ratio = summary["label_ratio"]
+    print("\n" + table(summary) + "\n")
     if not summary["learned"]:
-        print("\nrandom selection's model did not improve on the seed model: no verdict")
-    print(f"\nrandom reaches mask mAP50-95 {summary['random_final_map']:.3f} with "
-          f"{summary['random_final_labels']:.0f} labels; disagreement reaches it with "
-          + ("never (within these rounds)" if ratio is None else
-             f"{summary['disagreement_labels_to_reach']:.0f} ({ratio:.0%}); target <= 60%: "
-             f"{'met' if summary['target_met'] else 'not met'}"))
+        print("random selection's model did not improve on the seed model: no verdict")
+    print("\n".join(verdict_lines(summary)))
     log(f"done in {math.ceil(time.perf_counter() - started)} s")
     return result
 

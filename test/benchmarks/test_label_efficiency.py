@@ -46,28 +46,30 @@ def test_summary_compares_against_random_final_map_averaged_over_seeds() -> None
     s = bench.summarise(runs)
     assert s["random_final_map"] == pytest.approx(0.30)
     assert s["random_final_labels"] == 96
+    v = s["arms"]["disagreement"]
     # mean disagreement curve 0.10, 0.25, 0.32: crosses 0.30 at 48 + 24 * 0.05 / 0.07
-    assert s["disagreement_labels_to_reach"] == pytest.approx(48 + 24 * 0.05 / 0.07)
-    assert s["label_ratio"] == pytest.approx((48 + 24 * 0.05 / 0.07) / 96)
-    assert s["target_met"] is False  # 0.68 > 0.6
-    assert s["label_ratio_per_seed"] == {"0": pytest.approx(60 / 96),
+    assert v["labels_to_reach"] == pytest.approx(48 + 24 * 0.05 / 0.07)
+    assert v["label_ratio"] == pytest.approx((48 + 24 * 0.05 / 0.07) / 96)
+    assert v["target_met"] is False  # 0.68 > 0.6
+    assert v["label_ratio_per_seed"] == {"0": pytest.approx(60 / 96),
                                          "1": pytest.approx(72 / 96)}
+    assert list(s["arms"]) == ["disagreement"]  # random is the yardstick, not an entry
     assert s["curves"]["random"]["map_std"][1] == pytest.approx(0.01)
 
 
 def test_summary_says_when_disagreement_never_reaches_random() -> None:
     runs = {"random": {0: _rounds([24, 48], [0.1, 0.3])},
             "disagreement": {0: _rounds([24, 48], [0.1, 0.2])}}
-    s = bench.summarise(runs)
-    assert s["disagreement_labels_to_reach"] is None and s["label_ratio"] is None
-    assert s["target_met"] is False and s["label_ratio_per_seed"] == {"0": None}
+    v = bench.summarise(runs)["arms"]["disagreement"]
+    assert v["labels_to_reach"] is None and v["label_ratio"] is None
+    assert v["target_met"] is False and v["label_ratio_per_seed"] == {"0": None}
 
 
 def test_no_verdict_when_random_selection_learned_nothing() -> None:
     runs = {"random": {0: _rounds([6, 12], [0.0, 0.0])},
             "disagreement": {0: _rounds([6, 12], [0.0, 0.0])}}
     s = bench.summarise(runs)
-    assert s["learned"] is False and s["target_met"] is False
+    assert s["learned"] is False and s["arms"]["disagreement"]["target_met"] is False
 
 
 def test_longtail_pool_holds_the_new_product_in_few_recordings() -> None:
@@ -94,5 +96,35 @@ def test_summary_and_table_carry_per_class_means() -> None:
     # a class missing from a round's results (not detected at all) counts as 0
     assert curves["disagreement"]["class_map_mean"]["blue_can"] == pytest.approx([0.01, 0.25])
     text = bench.table(bench.summarise(runs))
-    assert "blue_can: random / disagreement" in text.splitlines()[0]
-    assert "| 1 | 48 | 0.200 ± 0.000 | 0.300 ± 0.000 |" in text
+    assert "blue_can: random / disagreement |" in text.splitlines()[0]
+    assert "| 1 | 48 | 0.200 ± 0.000 | 0.300 ± 0.000 | 0.050 / 0.250 |" in text
+
+
+def test_a_third_arm_gets_its_own_verdict_line() -> None:
+    runs = {"random": {0: _rounds([24, 48, 72], [0.1, 0.2, 0.3])},
+            "disagreement": {0: _rounds([24, 48, 72], [0.1, 0.2, 0.25])},
+            "diverse": {0: _rounds([24, 48, 72], [0.1, 0.3, 0.35])}}
+    s = bench.summarise(runs)
+    assert s["arms"]["diverse"]["label_ratio"] == pytest.approx(48 / 72)
+    lines = bench.verdict_lines(s)
+    assert lines[0].startswith("disagreement reaches") and "never" in lines[0]
+    assert "with 48 labels (67%); target <= 60%: not met" in lines[1]
+
+
+def test_merge_takes_the_arms_not_run_now_and_checks_the_settings() -> None:
+    import argparse  # noqa: PLC0415
+
+    args = argparse.Namespace(**{k: 1 for k in bench._SAME_SETTINGS})
+    now = {"diverse": {0: _rounds([24, 48], [0.1, 0.3])}}
+    earlier = {"settings": dict(vars(args)),
+               "runs": {"random": {"0": _rounds([24, 48], [0.1, 0.2])},
+                        "diverse": {"0": _rounds([24, 48], [0.1, 0.9])}}}
+    merged = bench.merge_runs(now, earlier, args)
+    assert list(merged) == ["random", "diverse"]
+    assert merged["diverse"] is now["diverse"] and merged["random"][0][1]["map"] == 0.2
+    with pytest.raises(SystemExit, match="settings differ: rounds"):
+        bench.merge_runs(now, {**earlier, "settings": {**earlier["settings"], "rounds": 5}},
+                         args)
+    earlier["runs"]["random"]["0"][0]["map"] = 0.5
+    with pytest.raises(SystemExit, match="round 0 differs"):
+        bench.merge_runs(now, earlier, args)
