@@ -212,7 +212,10 @@ def cmd_flush(args: argparse.Namespace) -> dict[str, Any]:
         raise CvAutolabelError(f"{args.queue} is not an annotation queue (no queue.sqlite3)")
     with AnnotationQueue(args.queue) as queue:
         names = _csv(args.classes) if args.classes else _queue_classes(queue, args.config)
-        result = flush(queue, args.out, class_names=names, limit=args.limit)
+        if args.diverse and args.limit is None:
+            raise CvAutolabelError("--diverse chooses among the queue: give --limit N too")
+        result = flush(queue, args.out, class_names=names, limit=args.limit,
+                       diverse=args.diverse)
         reviewed = 0
         if args.review is not None and result.images:
             from cv_autolabel.components.active_learning import write_review_images  # noqa: PLC0415
@@ -480,6 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="category order, comma separated (default: config, else the queue's)")
     p.add_argument("--limit", type=int, default=None,
                    help="export at most N frames, the highest-scoring first")
+    p.add_argument("--diverse", action="store_true",
+                   help="with --limit: the highest-scoring frame of each of N clusters of "
+                        "similar-looking frames, not the N highest scores (which are often "
+                        "one situation filmed many times)")
     p.add_argument("--review", type=Path, default=None, metavar="DIR",
                    help="also write side-by-side student/teacher review images here")
     _common(p)

@@ -168,6 +168,21 @@ def test_flush_with_review_writes_a_review_image_per_exported_frame(
         f"{i:06d}.jpg" for i in summary["entry_ids"]]
 
 
+def test_flush_diverse_on_a_replayed_queue(sim_bag: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    from cv_autolabel.tools.replay import replay_active_learning
+
+    queued = replay_active_learning(sim_bag, tmp_path / "queue")["queued"]
+    assert queued >= 2
+    code, _, err = _run(capsys, "flush", "--queue", str(tmp_path / "queue"), "--out",
+                        str(tmp_path / "a.zip"), "--diverse")
+    assert code == 1 and "give --limit N too" in err and not (tmp_path / "a.zip").exists()
+    code, out, _ = _run(capsys, "flush", "--queue", str(tmp_path / "queue"), "--out",
+                        str(tmp_path / "b.zip"), "--limit", "1", "--diverse", "--json")
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and summary["images"] == 1 and len(summary["entry_ids"]) == 1
+
+
 def test_demo_with_sam3_and_no_weights_fails_before_doing_anything(
         tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CV_AUTOLABEL_SAM3", raising=False)

@@ -136,9 +136,12 @@ class ActiveLearningComponent:
             name = type(err).__name__
             self.stats.errors[name] = self.stats.errors.get(name, 0) + 1
 
-    def flush(self, out_dir: Path, *, limit: int | None = None,
+    def flush(self, out_dir: Path, *, limit: int | None = None, diverse: bool = False,
               review: bool = False) -> FlushResult:
         """Write the pending frames to a new COCO zip in ``out_dir`` (the ``~/flush`` service).
+
+        ``limit`` and ``diverse`` choose the frames as :func:`cv_autolabel.core.coco.flush`
+        does: at most ``limit``, the highest scores, or the best of each visual cluster.
 
         With ``review``, a side-by-side review image of every exported frame goes to
         ``<zip stem>_review/`` beside the zip (:func:`write_review_images`).
@@ -150,7 +153,8 @@ class ActiveLearningComponent:
         while out_zip.exists():
             n += 1
             out_zip = out_dir / f"{name}_{n}.zip"
-        result = flush(self.queue, out_zip, class_names=self.class_names, limit=limit)
+        result = flush(self.queue, out_zip, class_names=self.class_names, limit=limit,
+                       diverse=diverse)
         if review and result.zip_path is not None:
             try:
                 write_review_images(self.queue, review_dir(result.zip_path),

@@ -309,17 +309,23 @@ class AnnotationQueue:
         finally:
             os.close(fd)  # closing drops the flock; the kernel also drops it on kill -9
 
-    def begin_export(self, name: str, path: Path, limit: int | None = None) -> ExportBatch | None:
+    def begin_export(self, name: str, path: Path, limit: int | None = None, *,
+                     ids: Sequence[int] | None = None) -> ExportBatch | None:
         """Reserve unreserved pending entries for an export; None if there are none.
 
         With a ``limit``, the highest-scoring entries are taken (the oldest first among equal
-        scores): a labelling budget goes to the frames the student gets most wrong. The batch
-        lists its ids in arrival order.
+        scores): a labelling budget goes to the frames the student gets most wrong. ``ids``
+        chooses the entries instead (those no longer pending or already reserved are left
+        out). The batch lists its ids in arrival order.
         """
         with self._write() as conn:
-            ids = tuple(sorted(r[0] for r in conn.execute(
+            chosen = tuple(r[0] for r in conn.execute(
                 "SELECT id FROM entries WHERE state = 'pending' AND batch_id IS NULL "
-                "ORDER BY score DESC, id LIMIT ?", (-1 if limit is None else int(limit),))))
+                "ORDER BY score DESC, id LIMIT ?",
+                (-1 if limit is None or ids is not None else int(limit),)))
+            if ids is not None:
+                chosen = tuple(set(chosen) & {int(i) for i in ids})
+            ids = tuple(sorted(chosen))
             if not ids:
                 return None
             batch_id = int(conn.execute(

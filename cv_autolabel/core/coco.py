@@ -88,7 +88,7 @@ class _Built:
 
 
 def flush(queue: AnnotationQueue, out_zip: Path, *, class_names: Sequence[str],
-          limit: int | None = None,
+          limit: int | None = None, diverse: bool = False,
           annotations: Literal["teacher", "student"] = "teacher") -> FlushResult:
     """Export pending entries to a CVAT-ready COCO 1.0 zip and mark them exported.
 
@@ -97,6 +97,9 @@ def flush(queue: AnnotationQueue, out_zip: Path, *, class_names: Sequence[str],
         out_zip: the zip to write; it must not exist. The batch is named after it.
         class_names: CVAT's labels, in category id order (id 1 = ``class_names[0]``).
         limit: most entries to export (None: all pending); the highest-scoring are taken.
+        diverse: with a ``limit`` smaller than the queue, take the highest-scoring entry of
+            each of ``limit`` clusters of similar-looking frames instead
+            (:func:`diverse_entry_ids`).
         annotations: which instances become the pre-annotations.
 
     Returns:
@@ -111,7 +114,8 @@ def flush(queue: AnnotationQueue, out_zip: Path, *, class_names: Sequence[str],
         recovered = recover_exports(queue)
         if out_zip.exists():
             raise CocoError(f"{out_zip} exists; give each flush a new zip name")
-        batch = queue.begin_export(out_zip.name, out_zip.resolve(), limit)
+        ids = diverse_entry_ids(queue, limit) if diverse and limit is not None else None
+        batch = queue.begin_export(out_zip.name, out_zip.resolve(), limit, ids=ids)
         if batch is None:
             return FlushResult(None, 0, 0, 0, 0, (), recovered)
         try:
@@ -123,6 +127,26 @@ def flush(queue: AnnotationQueue, out_zip: Path, *, class_names: Sequence[str],
     return FlushResult(out_zip, len(built.dataset["images"]), len(built.dataset["annotations"]),
                        built.skipped_empty, built.skipped_unknown_class, batch.entry_ids,
                        recovered)
+
+
+def diverse_entry_ids(queue: AnnotationQueue, k: int) -> list[int] | None:
+    """Ids of ``k`` pending entries: the highest-scoring of each of ``k`` clusters of their
+    images' thumbnail embeddings (:func:`cv_autolabel.core.selection.select_diverse`); None
+    when at most ``k`` are pending (then all of them go).
+
+    The thumbnail embedder needs no weights and is what the dedup compares frames with, so
+    "diverse" means "looks different" here as it does there.
+    """
+    from cv_autolabel.core.embedders import create_embedder  # noqa: PLC0415
+    from cv_autolabel.core.selection import select_diverse  # noqa: PLC0415
+
+    entries = queue.pending()
+    if len(entries) <= k:
+        return None
+    embedder = create_embedder("thumbnail")
+    vectors = np.stack([embedder.embed(e.rgb()) for e in entries])
+    chosen = select_diverse([e.score for e in entries], vectors, k)
+    return [entries[i].id for i in chosen]
 
 
 def recover_exports(queue: AnnotationQueue) -> int:

@@ -5,7 +5,8 @@ Subscribes (relative; the dedup node in the same namespace publishes them):
 exactly by stamp (ApproximateTimeSynchronizer, reliable QoS). With ``teacher: groundtruth``
 also the synthetic bag's ``/sim/ground_truth/instance_labels`` and ``/instances``.
 Publishes ``~/statistics`` (std_msgs/String JSON). Serves ``~/flush`` (std_srvs/Trigger):
-write the pending frames to a CVAT-ready COCO zip in ``<data_dir>/exports`` (and, with
+write the pending frames (at most ``flush_limit``, the best of each look-alike cluster with
+``flush_diverse``) to a CVAT-ready COCO zip in ``<data_dir>/exports`` (and, with
 ``review_images``, a side-by-side review image per frame in ``<batch>_review/``).
 
 The teacher is slow on a CPU: callbacks only enqueue into a bounded drop-oldest queue
@@ -54,6 +55,11 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "statistics_period_s": (5.0, _P(description="Period of ~/statistics")),
     "review_images": (True, _P(description="Write student|teacher review images of each "
                                            "flushed frame to exports/<batch>_review/")),
+    "flush_limit": (0, _P(description="Frames per ~/flush batch, highest scores first; 0 = all "
+                                      "pending", integer_range=[IntegerRange(
+                                          from_value=0, to_value=10**7, step=1)])),
+    "flush_diverse": (True, _P(description="With flush_limit: the best frame of each cluster "
+                                           "of similar-looking frames, not the top scores")),
 }
 
 
@@ -72,6 +78,8 @@ class ActiveLearningNode(Node):
         data = Path(str(p["data_dir"])).expanduser()
         self.export_dir = data / "exports"
         self.review = bool(p["review_images"])
+        self.flush_limit = int(p["flush_limit"]) or None
+        self.flush_diverse = bool(p["flush_diverse"])
         self.queue = AnnotationQueue(data / "queue", max_entries=int(p["max_entries"]))
         self.component = ActiveLearningComponent(
             self._teacher(str(p["teacher"]), Path(str(p["teacher_weights"])).expanduser(),
@@ -135,7 +143,8 @@ class ActiveLearningNode(Node):
     def _on_flush(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
         try:
-            result = self.component.flush(self.export_dir, review=self.review)
+            result = self.component.flush(self.export_dir, limit=self.flush_limit,
+                                          diverse=self.flush_diverse, review=self.review)
         except Exception as err:  # noqa: BLE001 - a failed flush must answer, not crash
             response.success, response.message = False, f"flush failed: {err}"
             return response

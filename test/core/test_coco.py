@@ -265,6 +265,37 @@ def test_a_limited_flush_takes_the_highest_scores_in_arrival_order(queue: Annota
                  limit=1).entry_ids == (ids[2],)  # 0.5 before 0.3
 
 
+def _scene_frame(scene: int, view: int) -> Frame:
+    """A view of one of two scenes: a smooth gradient (0: left to right, 1: top to bottom)
+    plus a little noise, so views of one scene look alike and the scenes do not."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    base = (xx / W if scene == 0 else yy / H) * 200
+    noise = np.random.default_rng(view).normal(0, 2, (H, W))
+    rgb = np.repeat(np.clip(base + noise, 0, 255).astype(np.uint8)[..., None], 3, 2)
+    return Frame(rgb, None, None, 1_700_000_000_000_000_000 + view, "cam")
+
+
+def test_a_diverse_flush_takes_the_best_frame_of_each_look_alike_group(
+        queue: AnnotationQueue, tmp_path: Path) -> None:
+    teacher = instances([rect(1, 1, 3, 3)], ["can"])
+    student = instances([rect(1, 1, 5, 5)], ["hand"])
+    # scene 0 (a new product, every view disagrees): 6 high scores; scene 1: 3 lower ones
+    plan = [(0, 0.90), (0, 0.95), (1, 0.40), (0, 0.92), (1, 0.60), (0, 0.91), (0, 0.93),
+            (1, 0.50), (0, 0.94)]
+    ids = [queue.enqueue(_scene_frame(sc, v), teacher=teacher, student=student, score=score,
+                         reasons=[], source="bag") for v, (sc, score) in enumerate(plan)]
+    top = flush(queue, tmp_path / "top.zip", class_names=CLASSES, limit=2)
+    assert top.entry_ids == (ids[1], ids[8])  # 0.95 and 0.94: both scene 0
+    with AnnotationQueue(tmp_path / "queue2") as q2:
+        ids2 = [q2.enqueue(_scene_frame(sc, v), teacher=teacher, student=student, score=score,
+                           reasons=[], source="bag") for v, (sc, score) in enumerate(plan)]
+        diverse = flush(q2, tmp_path / "diverse.zip", class_names=CLASSES, limit=2,
+                        diverse=True)
+        assert diverse.entry_ids == (ids2[1], ids2[4])  # best of scene 0 (0.95), of 1 (0.60)
+        rest = flush(q2, tmp_path / "rest.zip", class_names=CLASSES, limit=20, diverse=True)
+        assert len(rest.entry_ids) == 7  # fewer pending than the limit: all of them
+
+
 def test_an_existing_zip_is_never_overwritten(queue: AnnotationQueue, tmp_path: Path) -> None:
     add(queue, 0, instances([rect(1, 1, 3, 3)], ["can"]))
     (tmp_path / "b.zip").write_bytes(b"earlier batch")
