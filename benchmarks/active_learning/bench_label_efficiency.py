@@ -546,7 +546,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log,
                                     init).items():
             runs[arm][seed] = rounds
-    if args.merge:
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge:  # keep what was run even if the merge is refused
+        (args.out / f"runs{suffix}_{'+'.join(args.arms)}.json").write_text(
+            json.dumps(runs, indent=2) + "\n")
         runs = merge_runs(runs, json.loads(args.merge.read_text()), args)
     summary = summarise(runs)
     from cv_autolabel.tools.machine import cpu_model  # noqa: PLC0415
