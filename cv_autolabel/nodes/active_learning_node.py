@@ -58,7 +58,7 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "flush_limit": (0, _P(description="Frames per ~/flush batch, highest scores first; 0 = all "
                                       "pending", integer_range=[IntegerRange(
                                           from_value=0, to_value=10**7, step=1)])),
-    "flush_diverse": (True, _P(description="With flush_limit: the best frame of each cluster "
+    "flush_diverse": (False, _P(description="With flush_limit: the best frame of each cluster "
                                            "of similar-looking frames, not the top scores")),
 }
 
