@@ -1,7 +1,7 @@
 """Label efficiency: selection by student/teacher disagreement vs random selection.
 
 The synthetic bin world stands in for the robot. Pool recordings go through the robot's dedup
-(the novel frames are the pool); held-out recordings are the test set. For each seed, both
+(the novel frames are the pool); held-out recordings are the test set. For each seed, all
 arms start from the same random seed set and the same model trained on it; then, each round,
 each arm picks ``--budget`` more pool frames for labelling, fine-tunes its previous model on
 everything labelled so far and is scored (mask mAP50-95) on the test set:
@@ -11,9 +11,15 @@ everything labelled so far and is scored (mask mAP50-95) on the test set:
   exported to OpenVINO FP32, run by the detector's runtime) is compared with the teacher
   (``core.disagreement.compare``) on every unlabelled pool frame, and the highest scores are
   taken, which is what the bounded annotation queue keeps (it evicts its lowest score first).
+- **diverse**: the same scores; the best of each of ``--budget`` k-means clusters of the
+  frames' thumbnail embeddings is taken (``flush --limit N --diverse``).
+
+``--scenario uniform`` puts both target classes in every pool recording; ``longtail`` puts
+the new product (blue cans) in only ``--rare-bags`` of them, as a picking cell mostly sees
+its usual stock. The test set always holds both.
 
 The teacher is the synthetic world's ground truth (SAM3 on the robot), and the labels a person
-would return from CVAT are the teacher's masks, so both arms get identical labels for a frame.
+would return from CVAT are the teacher's masks, so every arm gets identical labels for a frame.
 Every training in a round gets the same compute (``--iters`` images seen; epochs =
 iters / labelled images); the seed model starts from ``--init`` and later rounds fine-tune the
 arm's previous model. ``--init scratch`` is yolo11n-seg from its config; ``--init pretrained``
@@ -22,8 +28,8 @@ balls: never the two target classes), standing in for the COCO weights a user st
 (no weights can be downloaded here).
 
 Run:  .venv/bin/python benchmarks/active_learning/bench_label_efficiency.py
-      (about an hour on a 2-core CPU; ``--quick`` checks the plumbing in a few minutes)
-Writes results.json and label_efficiency.png beside this file (or ``--out``).
+      (one to two hours on a 2-core CPU; ``--quick`` checks the plumbing in a minute)
+Writes results*.json and label_efficiency*.png beside this file (or ``--out``).
 """
 
 from __future__ import annotations
