@@ -208,12 +208,12 @@ def cmd_flush(args: argparse.Namespace) -> dict[str, Any]:
     from cv_autolabel.core.annotation_queue import AnnotationQueue  # noqa: PLC0415
     from cv_autolabel.core.coco import flush  # noqa: PLC0415
 
+    if args.diverse and args.limit is None:
+        raise CvAutolabelError("--diverse chooses among the queue: give --limit N too")
     if not (args.queue / "queue.sqlite3").exists():
         raise CvAutolabelError(f"{args.queue} is not an annotation queue (no queue.sqlite3)")
     with AnnotationQueue(args.queue) as queue:
         names = _csv(args.classes) if args.classes else _queue_classes(queue, args.config)
-        if args.diverse and args.limit is None:
-            raise CvAutolabelError("--diverse chooses among the queue: give --limit N too")
         result = flush(queue, args.out, class_names=names, limit=args.limit,
                        diverse=args.diverse)
         reviewed = 0

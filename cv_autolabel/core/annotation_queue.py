@@ -319,21 +319,21 @@ class AnnotationQueue:
         out). The batch lists its ids in arrival order.
         """
         with self._write() as conn:
-            chosen = tuple(r[0] for r in conn.execute(
+            free = [r[0] for r in conn.execute(
                 "SELECT id FROM entries WHERE state = 'pending' AND batch_id IS NULL "
                 "ORDER BY score DESC, id LIMIT ?",
-                (-1 if limit is None or ids is not None else int(limit),)))
+                (-1 if limit is None or ids is not None else int(limit),))]
             if ids is not None:
-                chosen = tuple(set(chosen) & {int(i) for i in ids})
-            ids = tuple(sorted(chosen))
-            if not ids:
+                free = list(set(free) & {int(i) for i in ids})
+            chosen = tuple(sorted(free))
+            if not chosen:
                 return None
             batch_id = int(conn.execute(
                 "INSERT INTO batches (name, path, state, created_ns) VALUES (?, ?, 'writing', ?)",
                 (name, str(path), time.time_ns())).lastrowid or 0)
             conn.executemany("UPDATE entries SET batch_id = ? WHERE id = ?",
-                             [(batch_id, i) for i in ids])
-        return ExportBatch(batch_id, name, Path(path), ids)
+                             [(batch_id, i) for i in chosen])
+        return ExportBatch(batch_id, name, Path(path), chosen)
 
     def finish_export(self, batch: ExportBatch) -> int:
         """Mark a batch's entries exported and the batch done, in one transaction."""

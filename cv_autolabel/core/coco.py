@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Sequence
@@ -42,7 +43,9 @@ from cv_autolabel.core.annotation_queue import AnnotationQueue, ExportBatch, Que
 from cv_autolabel.core.fsio import fsync_dir
 from cv_autolabel.core.instances import masks_to_boxes
 from cv_autolabel.core.rle import uncompressed_rle
-from cv_autolabel.errors import CocoError
+from cv_autolabel.errors import CocoError, QueueError
+
+log = logging.getLogger(__name__)
 
 ANNOTATIONS_ARCNAME = "annotations/instances_default.json"
 IMAGES_ARCDIR = "images/default"
@@ -132,7 +135,8 @@ def flush(queue: AnnotationQueue, out_zip: Path, *, class_names: Sequence[str],
 def diverse_entry_ids(queue: AnnotationQueue, k: int) -> list[int] | None:
     """Ids of ``k`` pending entries: the highest-scoring of each of ``k`` clusters of their
     images' thumbnail embeddings (:func:`cv_autolabel.core.selection.select_diverse`); None
-    when at most ``k`` are pending (then all of them go).
+    when at most ``k`` are pending (then all of them go). An entry whose image cannot be
+    read is logged and left out of the choice (it stays pending).
 
     The thumbnail embedder needs no weights and is what the dedup compares frames with, so
     "diverse" means "looks different" here as it does there.
@@ -144,9 +148,18 @@ def diverse_entry_ids(queue: AnnotationQueue, k: int) -> list[int] | None:
     if len(entries) <= k:
         return None
     embedder = create_embedder("thumbnail")
-    vectors = np.stack([embedder.embed(e.rgb()) for e in entries])
-    chosen = select_diverse([e.score for e in entries], vectors, k)
-    return [entries[i].id for i in chosen]
+    readable, vectors = [], []
+    for entry in entries:
+        try:
+            vectors.append(embedder.embed(entry.rgb()))
+        except QueueError as err:  # a damaged image must not block every later flush
+            log.warning("flush --diverse: leaving entry %d out of the choice: %s", entry.id, err)
+            continue
+        readable.append(entry)
+    if not readable:  # nothing to compare: the top scores, as without --diverse
+        return None
+    chosen = select_diverse([e.score for e in readable], np.stack(vectors), k)
+    return [readable[i].id for i in chosen]
 
 
 def recover_exports(queue: AnnotationQueue) -> int:

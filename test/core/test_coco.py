@@ -296,6 +296,20 @@ def test_a_diverse_flush_takes_the_best_frame_of_each_look_alike_group(
         assert len(rest.entry_ids) == 7  # fewer pending than the limit: all of them
 
 
+def test_a_damaged_image_is_left_out_of_a_diverse_choice_not_blocking_it(
+        queue: AnnotationQueue, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    teacher = instances([rect(1, 1, 3, 3)], ["can"])
+    student = instances([rect(1, 1, 5, 5)], ["hand"])
+    ids = [queue.enqueue(_scene_frame(v % 2, v), teacher=teacher, student=student,
+                         score=0.5 + 0.1 * v, reasons=[], source="bag") for v in range(4)]
+    queue.get(ids[3]).image_path.write_bytes(b"not a png")  # the best score, now unreadable
+    with caplog.at_level("WARNING"):
+        result = flush(queue, tmp_path / "d.zip", class_names=CLASSES, limit=2, diverse=True)
+    assert result.entry_ids == (ids[1], ids[2])  # best readable of each scene
+    assert f"leaving entry {ids[3]} out" in caplog.text
+    assert [e.id for e in queue.pending()] == [ids[0], ids[3]]  # nothing lost
+
+
 def test_an_existing_zip_is_never_overwritten(queue: AnnotationQueue, tmp_path: Path) -> None:
     add(queue, 0, instances([rect(1, 1, 3, 3)], ["can"]))
     (tmp_path / "b.zip").write_bytes(b"earlier batch")
