@@ -394,16 +394,21 @@ _SAME_SETTINGS = ("seeds", "rounds", "seed_size", "budget", "iters", "pool_bags"
                   "scenario", "rare_bags", "quick")
 
 
+def check_merge_settings(earlier: dict[str, Any], args: argparse.Namespace) -> None:
+    """Raise SystemExit unless ``earlier`` (a results.json) ran with the settings of ``args``."""
+    settings = earlier["settings"]
+    differ = [k for k in _SAME_SETTINGS if settings.get(k, getattr(args, k)) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--merge: settings differ: {', '.join(differ)}")
+
+
 def merge_runs(runs: dict[str, dict[int, list[dict[str, Any]]]], earlier: dict[str, Any],
                args: argparse.Namespace) -> dict[str, dict[int, list[dict[str, Any]]]]:
     """``runs`` plus the arms of an ``earlier`` results.json that were not run now.
 
     Raises SystemExit when the earlier run's settings differ, or its round 0 does not match.
     """
-    settings = earlier["settings"]
-    differ = [k for k in _SAME_SETTINGS if settings.get(k, getattr(args, k)) != getattr(args, k)]
-    if differ:
-        raise SystemExit(f"--merge: settings differ: {', '.join(differ)}")
+    check_merge_settings(earlier, args)
     merged = dict(runs)
     for arm, by_seed in earlier["runs"].items():
         if arm in merged:
@@ -517,6 +522,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.seeds, args.rounds, args.iters, args.frames = [0], 1, 48, 80
         args.pool_bags, args.test_bags, args.seed_size, args.budget = 4, 1, 6, 6
         args.pretrain_epochs = 1
+    earlier = None
+    if args.merge:  # checked before hours of training, not after
+        if not args.merge.is_file():
+            raise SystemExit(f"--merge: {args.merge} does not exist (yet)")
+        earlier = json.loads(args.merge.read_text())
+        check_merge_settings(earlier, args)
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     started = time.perf_counter()
@@ -553,10 +564,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                     init).items():
             runs[arm][seed] = rounds
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.merge:  # keep what was run even if the merge is refused
+    if earlier is not None:  # keep what was run even if the merge is refused
         (args.out / f"runs{suffix}_{'+'.join(args.arms)}.json").write_text(
             json.dumps(runs, indent=2) + "\n")
-        runs = merge_runs(runs, json.loads(args.merge.read_text()), args)
+        runs = merge_runs(runs, earlier, args)
     summary = summarise(runs)
     from cv_autolabel.tools.machine import cpu_model  # noqa: PLC0415
 
