@@ -173,6 +173,12 @@ def pool_classes(scenario: str, bag: int, rare_bags: int) -> tuple[str, ...]:
     return TARGETS[:1]
 
 
+def frames_holding(frames: Sequence[PoolFrame], names: Sequence[str]) -> dict[str, int]:
+    """How many of ``frames`` hold at least one instance of each class (from their labels)."""
+    return {c: sum(any(line.split()[0] == str(k) for line in f.label_lines) for f in frames)
+            for k, c in enumerate(names)}
+
+
 def _classes(gt: Any) -> dict[int, str]:
     return {i: str(r["class"]) for i, r in gt.instances.items()}
 
@@ -358,8 +364,10 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
     rng = np.random.default_rng(seed)
     initial = rng.choice(len(pool), args.seed_size, replace=False).tolist()
     log(f"seed {seed}: round 0, {len(initial)} labelled, training from {Path(init).name} ...")
-    first = train_round(work / f"seed{seed}" / "round0", [pool[i] for i in initial], test_images,
-                        names, init=init, args=args, seed=seed)
+    first = {"picked": [pool[i].name for i in initial],
+             "picked_holding": frames_holding([pool[i] for i in initial], names)}
+    first |= train_round(work / f"seed{seed}" / "round0", [pool[i] for i in initial],
+                         test_images, names, init=init, args=args, seed=seed)
     log(f"   mask mAP50-95 {first['map']:.3f} {_per_class(first)}({first['train_s']} s)")
     out: dict[str, list[dict[str, Any]]] = {}
     for arm in args.arms:
@@ -379,11 +387,14 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
                     f"mean (pool mean {np.mean(list(scores.values())):.2f}), from "
                     f"{len({pool[i].name.split('_')[0] for i in picked})} recordings")
             labelled += picked
-            result = train_round(work / f"seed{seed}" / arm / f"round{r}",
-                                 [pool[i] for i in labelled], test_images, names,
-                                 init=rounds[-1]["weights"], args=args, seed=seed)
+            result = {"picked": [pool[i].name for i in picked],
+                      "picked_holding": frames_holding([pool[i] for i in picked], names)}
+            result |= train_round(work / f"seed{seed}" / arm / f"round{r}",
+                                  [pool[i] for i in labelled], test_images, names,
+                                  init=rounds[-1]["weights"], args=args, seed=seed)
             log(f"   {arm} round {r}: {len(labelled)} labelled, mask mAP50-95 "
-                f"{result['map']:.3f} {_per_class(result)}({result['train_s']} s)")
+                f"{result['map']:.3f} {_per_class(result)}({result['train_s']} s); picked "
+                + ", ".join(f"{n} {c}" for c, n in result["picked_holding"].items()))
             rounds.append(result)
         out[arm] = rounds
     return out
@@ -553,8 +564,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     pool = build_pool(pool_bags, work / "pool", names)
     test_images = write_yolo_frames(test_bags, work / "test", names, every=args.test_every,
                                     prefix="t")
-    holding = {c: sum(any(line.split()[0] == str(k) for line in f.label_lines) for f in pool)
-               for k, c in enumerate(names)}
+    holding = frames_holding(pool, names)
     log(f"pool: {len(pool)} novel frames of {len(pool_bags) * args.frames} ("
         + ", ".join(f"{c} in {n}" for c, n in holding.items())
         + f"); test: {len(list(test_images.iterdir()))} frames")

@@ -79,6 +79,17 @@ def test_longtail_pool_holds_the_new_product_in_few_recordings() -> None:
     assert all(bench.pool_classes("uniform", b, 2) == ("red_can", "blue_can") for b in range(12))
 
 
+def test_picked_frames_are_counted_per_class_they_hold() -> None:
+    def frame(*lines: str) -> bench.PoolFrame:
+        return bench.PoolFrame("f", Path("f.png"), list(lines), np.zeros((2, 2)), {},
+                               np.zeros(4))
+
+    frames = [frame("0 0.1 0.1 0.2 0.2 0.1 0.2", "0 0.5 0.5 0.6 0.6 0.5 0.6"),
+              frame("0 0.1 0.1 0.2 0.2 0.1 0.2", "1 0.5 0.5 0.6 0.6 0.5 0.6"), frame()]
+    # frames, not instances: two red cans in one frame count once; an empty frame holds none
+    assert bench.frames_holding(frames, ("red_can", "blue_can")) == {"red_can": 2, "blue_can": 1}
+
+
 def test_summary_and_table_carry_per_class_means() -> None:
     def rounds(maps: list[float], blue: list[float]) -> list[dict]:
         return [{"labelled": n, "map": m, "map_per_class": {"red_can": 2 * m - b,
