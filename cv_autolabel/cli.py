@@ -225,8 +225,8 @@ def cmd_flush(args: argparse.Namespace) -> dict[str, Any]:
                for k, v in dataclasses.asdict(result).items()}
     summary["review_images"] = reviewed
     if result.images:
-        print(f"wrote {result.images} images with {result.annotations} annotations to "
-              f"{args.out}: import it into CVAT as 'COCO 1.0'")
+        print(f"wrote {result.images} images with {result.annotations} annotations "
+              f"({result.class_counts()}) to {args.out}: import it into CVAT as 'COCO 1.0'")
     else:
         print("nothing pending in the queue; no zip written")
     return summary

@@ -163,6 +163,8 @@ def test_flush_with_review_writes_a_review_image_per_exported_frame(
                         "--json")
     summary = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and summary["images"] == queued > 0
+    assert sum(summary["annotations_per_class"].values()) == summary["annotations"]
+    assert f"red_can {summary['annotations_per_class']['red_can']}" in out
     assert summary["review_images"] == queued
     assert sorted(p.name for p in (tmp_path / "review").iterdir()) == [
         f"{i:06d}.jpg" for i in summary["entry_ids"]]

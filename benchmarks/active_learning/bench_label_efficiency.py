@@ -557,7 +557,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     init = pretrain(args.cache, args, log) if args.init == "pretrained" else "yolo11n-seg.yaml"
     suffix = (("_quick" if args.quick else "")
               + ("_pretrained" if args.init == "pretrained" else "")
-              + ("_longtail" if args.scenario == "longtail" else ""))
+              + ("_longtail" if args.scenario == "longtail" else "")
+              + ("" if args.pool_bags == p.get_default("pool_bags") or args.quick
+                 else f"_pool{args.pool_bags}"))
     work = args.cache / (f"work{suffix}"
                          + ("" if args.arms == list(ARMS) else "_" + "+".join(args.arms)))
     shutil.rmtree(work, ignore_errors=True)

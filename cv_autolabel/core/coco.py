@@ -30,7 +30,7 @@ import logging
 import os
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +69,8 @@ class FlushResult:
         skipped_unknown_class: instances left out because their class is not configured.
         entry_ids: queue entries exported, in id order.
         recovered: exports of a dead writer settled first (rolled forward or back).
+        annotations_per_class: annotations of each configured class, in category order (a
+            batch that is mostly one class says so before anyone opens CVAT).
     """
 
     zip_path: Path | None
@@ -78,6 +80,11 @@ class FlushResult:
     skipped_unknown_class: int
     entry_ids: tuple[int, ...]
     recovered: int = 0
+    annotations_per_class: dict[str, int] = field(default_factory=dict)
+
+    def class_counts(self) -> str:
+        """``"red_can 12, blue_can 3"``: the per-class counts as one phrase."""
+        return ", ".join(f"{name} {n}" for name, n in self.annotations_per_class.items())
 
 
 @dataclass
@@ -127,9 +134,12 @@ def flush(queue: AnnotationQueue, out_zip: Path, *, class_names: Sequence[str],
             _settle(queue, batch)  # the zip may be in place if only the directory fsync failed
             raise
         queue.finish_export(batch)
+    per_class = dict.fromkeys(class_names, 0)
+    for ann in built.dataset["annotations"]:
+        per_class[class_names[ann["category_id"] - 1]] += 1
     return FlushResult(out_zip, len(built.dataset["images"]), len(built.dataset["annotations"]),
                        built.skipped_empty, built.skipped_unknown_class, batch.entry_ids,
-                       recovered)
+                       recovered, per_class)
 
 
 def diverse_entry_ids(queue: AnnotationQueue, k: int) -> list[int] | None:

@@ -150,7 +150,8 @@ class ActiveLearningNode(Node):
             return response
         response.success = True
         response.message = (f"wrote {result.images} frames, {result.annotations} annotations "
-                            f"to {result.zip_path}" if result.images else "nothing pending")
+                            f"({result.class_counts()}) to {result.zip_path}"
+                            if result.images else "nothing pending")
         if result.images and self.review:
             response.message += f"; review images in {review_dir(result.zip_path)}"
         return response

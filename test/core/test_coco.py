@@ -252,6 +252,18 @@ def test_flush_is_idempotent_and_exports_in_id_order(queue: AnnotationQueue,
     assert flush(queue, tmp_path / "b4.zip", class_names=CLASSES).entry_ids == (new,)
 
 
+def test_flush_counts_the_batch_annotations_per_class(queue: AnnotationQueue,
+                                                     tmp_path: Path) -> None:
+    add(queue, 0, instances([rect(0, 0, 3, 3), rect(5, 5, 3, 3)], ["can", "can"]))
+    add(queue, 1, instances([rect(0, 0, 3, 3)], ["box"]))
+    result = flush(queue, tmp_path / "b.zip", class_names=CLASSES)
+    coco = load(tmp_path / "b.zip")
+    assert result.annotations_per_class == {
+        c["name"]: len(coco.getAnnIds(catIds=[c["id"]])) for c in coco.loadCats(coco.getCatIds())}
+    assert result.annotations_per_class == dict.fromkeys(CLASSES, 0) | {"can": 2, "box": 1}
+    assert "can 2" in result.class_counts() and "box 1" in result.class_counts()
+
+
 def test_a_limited_flush_takes_the_highest_scores_in_arrival_order(queue: AnnotationQueue,
                                                                    tmp_path: Path) -> None:
     scores = [0.3, 0.9, 0.5, 0.9, 0.7]
