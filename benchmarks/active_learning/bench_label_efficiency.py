@@ -28,13 +28,17 @@ balls: never the two target classes), standing in for the COCO weights a user st
 (no weights can be downloaded here).
 
 Run:  .venv/bin/python benchmarks/active_learning/bench_label_efficiency.py
-      (one to two hours on a 2-core CPU; ``--quick`` checks the plumbing in a minute)
+      (one to two hours on a 2-core CPU; ``--quick`` checks the plumbing in a minute).
+      Rounds already trained with the same inputs are read back from ``--cache``, so an
+      interrupted run, or the same run with more ``--rounds``, redoes only what is missing
+      (``--fresh`` retrains everything).
 Writes results*.json and label_efficiency*.png beside this file (or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -297,23 +301,46 @@ def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
 def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
                 names: Sequence[str], *, init: str, args: argparse.Namespace,
                 seed: int) -> dict[str, Any]:
-    """Train on ``frames`` (from ``init``); return labelled count, test mAP and weights."""
+    """Train on ``frames`` (from ``init``); return labelled count, test mAP and weights.
+
+    A round already trained in ``root`` with the same inputs (:func:`round_key`) is read
+    back instead (marked ``resumed``): trainings are deterministic per seed, so an
+    interrupted run, or one given more ``--rounds``, redoes only what is missing.
+    """
     from cv_autolabel.tools.train import train  # noqa: PLC0415
 
+    epochs = max(1, round(args.iters / len(frames)))
+    key = round_key(frames, init, epochs=epochs, imgsz=args.imgsz, seed=seed,
+                    test_images=test_images)
+    record = root / "round.json"
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("key") == key and Path(saved["result"]["weights"]).is_file():
+            return saved["result"] | {"resumed": True}
     if root.exists():
         shutil.rmtree(root)
     data = write_dataset(root / "data", frames, test_images, names)
-    epochs = max(1, round(args.iters / len(frames)))
     started = time.perf_counter()
     run = train(data, model=init, epochs=epochs, imgsz=args.imgsz, batch=8, out=root,
                 name="run", seed=seed, tracking="none", patience=epochs,
                 extra={"val": False})  # validated once, at the end, on the test set
-    return {"labelled": len(frames), "instances": sum(len(f.label_lines) for f in frames),
+    result = {"labelled": len(frames), "instances": sum(len(f.label_lines) for f in frames),
             "map": run["metrics"]["mask_map50_95"],
             "map50": run["metrics"]["mask_map50"],
             "map_per_class": run["mask_map50_95_per_class"], "epochs": epochs,
             "train_s": round(time.perf_counter() - started, 1),
             "weights": run["last_weights"]}
+    record.write_text(json.dumps({"key": key, "result": result}, indent=1) + "\n")
+    return result
+
+
+def round_key(frames: Sequence[PoolFrame], init: str, **settings: Any) -> dict[str, Any]:
+    """What a round's training depends on: its frames, its starting weights (their sha256,
+    or the config's name) and ``settings``; JSON-comparable."""
+    start = Path(init)
+    digest = hashlib.sha256(start.read_bytes()).hexdigest() if start.is_file() else init
+    return {"frames": [f.name for f in frames], "init": digest,
+            **{k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}}
 
 
 def disagreement_scores(weights: str, pool: Sequence[PoolFrame], candidates: Sequence[int],
@@ -344,6 +371,10 @@ def _per_class(result: dict[str, Any]) -> str:
     return "[" + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items()) + "] "
 
 
+def _took(result: dict[str, Any]) -> str:
+    return "(resumed)" if result.get("resumed") else f"({result['train_s']} s)"
+
+
 def pick(arm: str, scores: dict[int, float], pool: Sequence[PoolFrame], k: int,
          rng: np.random.Generator) -> list[int]:
     """The ``k`` pool frames ``arm`` labels next, from the candidates' disagreement ``scores``."""
@@ -368,7 +399,7 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
              "picked_holding": frames_holding([pool[i] for i in initial], names)}
     first |= train_round(work / f"seed{seed}" / "round0", [pool[i] for i in initial],
                          test_images, names, init=init, args=args, seed=seed)
-    log(f"   mask mAP50-95 {first['map']:.3f} {_per_class(first)}({first['train_s']} s)")
+    log(f"   mask mAP50-95 {first['map']:.3f} {_per_class(first)}{_took(first)}")
     out: dict[str, list[dict[str, Any]]] = {}
     for arm in args.arms:
         arm_rng = np.random.default_rng([seed, ARMS.index(arm)])
@@ -393,7 +424,7 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
                                   [pool[i] for i in labelled], test_images, names,
                                   init=rounds[-1]["weights"], args=args, seed=seed)
             log(f"   {arm} round {r}: {len(labelled)} labelled, mask mAP50-95 "
-                f"{result['map']:.3f} {_per_class(result)}({result['train_s']} s); picked "
+                f"{result['map']:.3f} {_per_class(result)}{_took(result)}; picked "
                 + ", ".join(f"{n} {c}" for c, n in result["picked_holding"].items()))
             rounds.append(result)
         out[arm] = rounds
@@ -526,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="an earlier results.json with the same settings: its arms that are "
                         "not run now join the table (training is deterministic per seed, so "
                         "round 0 is the same model)")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain every round (default: rounds already trained with the same "
+                        "inputs in the cache are read back)")
     p.add_argument("--quick", action="store_true",
                    help="plumbing check: 1 seed, 1 round, tiny trainings")
     args = p.parse_args(argv)
@@ -562,7 +596,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  else f"_pool{args.pool_bags}"))
     work = args.cache / (f"work{suffix}"
                          + ("" if args.arms == list(ARMS) else "_" + "+".join(args.arms)))
-    shutil.rmtree(work, ignore_errors=True)
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    for rebuilt in ("pool", "test"):  # deterministic; rounds already trained are kept
+        shutil.rmtree(work / rebuilt, ignore_errors=True)
     pool = build_pool(pool_bags, work / "pool", names)
     test_images = write_yolo_frames(test_bags, work / "test", names, every=args.test_every,
                                     prefix="t")

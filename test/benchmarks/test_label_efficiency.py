@@ -139,3 +139,39 @@ def test_merge_takes_the_arms_not_run_now_and_checks_the_settings() -> None:
     earlier["runs"]["random"]["0"][0]["map"] = 0.5
     with pytest.raises(SystemExit, match="round 0 differs"):
         bench.merge_runs(now, earlier, args)
+
+
+def _pool_frame(name: str) -> "bench.PoolFrame":
+    return bench.PoolFrame(name, Path(f"{name}.png"), [], np.zeros((2, 2)), {}, np.zeros(4))
+
+
+def test_a_round_is_keyed_on_its_frames_starting_weights_and_settings(tmp_path: Path) -> None:
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"model A")
+    frames = [_pool_frame("b0_0001"), _pool_frame("b1_0007")]
+    key = bench.round_key(frames, str(weights), epochs=3, test_images=tmp_path)
+    assert key == bench.round_key(frames, str(weights), epochs=3, test_images=tmp_path)
+    assert key != bench.round_key(frames[:1], str(weights), epochs=3, test_images=tmp_path)
+    assert key != bench.round_key(frames, str(weights), epochs=4, test_images=tmp_path)
+    weights.write_bytes(b"model B")  # same path, retrained weights: not the same round
+    assert key != bench.round_key(frames, str(weights), epochs=3, test_images=tmp_path)
+    assert bench.round_key(frames, "yolo11n-seg.yaml")["init"] == "yolo11n-seg.yaml"
+
+
+def test_a_round_already_trained_with_the_same_inputs_is_read_back(tmp_path: Path) -> None:
+    import argparse
+    import json
+
+    frames = [_pool_frame("b0_0001")]
+    args = argparse.Namespace(iters=30, imgsz=64)
+    root = tmp_path / "round1"
+    (root / "run").mkdir(parents=True)
+    (root / "run" / "last.pt").write_bytes(b"w")
+    key = bench.round_key(frames, "yolo11n-seg.yaml", epochs=30, imgsz=64, seed=0,
+                          test_images=tmp_path / "test")
+    result = {"labelled": 1, "map": 0.25, "train_s": 9.0, "weights": str(root / "run/last.pt")}
+    (root / "round.json").write_text(json.dumps({"key": key, "result": result}))
+    got = bench.train_round(root, frames, tmp_path / "test", ("red_can",),
+                            init="yolo11n-seg.yaml", args=args, seed=0)
+    assert got == result | {"resumed": True}  # read back: no training ran
+    assert bench._took(got) == "(resumed)"
