@@ -499,14 +499,20 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
 
 def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str,
          scenario: str) -> None:
+    """Mean test mAP against labelled images per arm (± std band); with per-class results,
+    a second panel per class (the rare class is where selection shows)."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    curves = summary["curves"]
+    classes = list(curves["random"].get("class_map_mean", {}))
+    fig, axes = plt.subplots(1, 2 if classes else 1, figsize=(11 if classes else 6.4, 4.2),
+                             dpi=120, squeeze=False)
+    ax = axes[0][0]
     colours = {"random": "tab:gray", "disagreement": "tab:red", "diverse": "tab:blue"}
-    for arm, c in summary["curves"].items():
+    for arm, c in curves.items():
         x, y, s = (np.array(c[k]) for k in ("labelled", "map_mean", "map_std"))
         ax.plot(x, y, "o-", color=colours[arm], label=f"{arm} (mean of {len(runs[arm])} seeds)")
         ax.fill_between(x, y - s, y + s, color=colours[arm], alpha=0.15)
@@ -520,9 +526,33 @@ def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str,
     ax.set_title(f"Label efficiency, {scenario} pool (seed model: {init})")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    if classes:
+        ax = axes[0][1]
+        styles = dict(zip(classes, ("o-", "s--", "^-.", "v:")))
+        for arm, c in curves.items():
+            for cls in classes:
+                ax.plot(c["labelled"], c["class_map_mean"][cls], styles[cls],
+                        color=colours[arm], label=f"{cls}, {arm}")
+        ax.set_xlabel("labelled images")
+        ax.set_ylabel("test mask mAP50-95 (mean over seeds)")
+        ax.set_title("per class")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def report(result: dict[str, Any], png: Path) -> None:
+    """Plot a results.json's curves to ``png`` and print its table and verdicts (summarised
+    again from its runs, so older files read the same as new ones)."""
+    summary = summarise(result["runs"])
+    plot(summary, result["runs"], png, result["settings"].get("init", "scratch"),
+         result["settings"].get("scenario", "uniform"))
+    print("\n" + table(summary) + "\n")
+    if not summary["learned"]:
+        print("random selection's model did not improve on the seed model: no verdict")
+    print("\n".join(verdict_lines(summary)))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -562,7 +592,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "inputs in the cache are read back)")
     p.add_argument("--quick", action="store_true",
                    help="plumbing check: 1 seed, 1 round, tiny trainings")
+    p.add_argument("--report", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="train nothing: redraw RESULTS_JSON's plot beside it and print its "
+                        "table and verdicts")
     args = p.parse_args(argv)
+    if args.report:
+        result = json.loads(args.report.read_text())
+        png = args.report.with_name(args.report.stem.replace("results", "label_efficiency", 1)
+                                    + ".png")
+        report(result, png)
+        return result
     if args.quick:
         args.seeds, args.rounds, args.iters, args.frames = [0], 1, 48, 80
         args.pool_bags, args.test_bags, args.seed_size, args.budget = 4, 1, 6, 6
@@ -630,12 +669,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "duration_s": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"results{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(summary, runs, args.out / f"label_efficiency{suffix}.png", args.init,
-         args.scenario)
-    print("\n" + table(summary) + "\n")
-    if not summary["learned"]:
-        print("random selection's model did not improve on the seed model: no verdict")
-    print("\n".join(verdict_lines(summary)))
+    report(result, args.out / f"label_efficiency{suffix}.png")
     log(f"done in {math.ceil(time.perf_counter() - started)} s")
     return result
 

@@ -175,3 +175,24 @@ def test_a_round_already_trained_with_the_same_inputs_is_read_back(tmp_path: Pat
                             init="yolo11n-seg.yaml", args=args, seed=0)
     assert got == result | {"resumed": True}  # read back: no training ran
     assert bench._took(got) == "(resumed)"
+
+
+def test_report_redraws_a_results_file_and_prints_its_verdict(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    def rounds(maps: list[float], blue: list[float]) -> list[dict]:
+        return [{"labelled": n, "map": m, "map_per_class": {"blue_can": b, "red_can": m}}
+                for n, m, b in zip([24, 48, 72], maps, blue)]
+
+    runs = {"random": {"0": rounds([0.1, 0.2, 0.3], [0.0, 0.1, 0.1])},
+            "disagreement": {"0": rounds([0.1, 0.3, 0.4], [0.0, 0.2, 0.3])}}
+    results = tmp_path / "results_pretrained_longtail.json"
+    results.write_text(json.dumps({"settings": {"init": "pretrained", "scenario": "longtail"},
+                                   "runs": runs}))
+    bench.main(["--report", str(results)])
+    out = capsys.readouterr().out
+    assert "disagreement reaches random's final mask mAP50-95 0.300 (72 labels) with 48 labels" \
+        in out
+    assert "| 2 | 72 | 0.300 ± 0.000 | 0.400 ± 0.000 |" in out
+    assert (tmp_path / "label_efficiency_pretrained_longtail.png").stat().st_size > 10_000
