@@ -4,8 +4,9 @@
     ros2 launch cv_autolabel autolabel.launch.py use_sim_time:=true \
         color_topic:=/my_cam/color/image_raw params_file:=/path/to/autolabel.yaml
 
-Every node reads the same parameter file (config/autolabel.yaml) and subscribes to relative
-camera topics, remapped here to the camera driver's topics.
+Every node reads the same parameter file (config/autolabel.yaml: ``/**`` and its own section,
+``/cv_autolabel/<node>``) and subscribes to relative camera topics, remapped here to the
+camera driver's topics.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from cv_autolabel.config import NAMESPACE
+
 NODES = ("dedup_node", "detector_node", "active_learning_node")
 
 
@@ -29,7 +32,7 @@ def generate_launch_description() -> LaunchDescription:
         "depth_topic": "/camera/camera/aligned_depth_to_color/image_raw",
         "camera_info_topic": "/camera/camera/color/camera_info",
         "use_sim_time": "false",
-        "namespace": "cv_autolabel",
+        "namespace": NAMESPACE,  # the parameter file's sections are /cv_autolabel/<node>
     }
     declared = [DeclareLaunchArgument(name, default_value=value) for name, value in args.items()]
     cfg = {name: LaunchConfiguration(name) for name in args}
