@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -183,15 +184,30 @@ def _replay_active_learning(args: argparse.Namespace, topics: Any, slop: float
 
     if args.queue is None:
         raise CvAutolabelError("--active-learning needs --queue DIR")
-    prompts = _prompts(load_parameters(args.config, "active_learning_node"))
+    weights, prompts = _teacher_settings(args)
     with progress_bar(None, "active learning") as advance:
         summary = replay_active_learning(
-            args.bag, args.queue, teacher=args.teacher, teacher_weights=args.teacher_weights,
+            args.bag, args.queue, teacher=args.teacher, teacher_weights=weights,
             prompts=prompts, model=args.model, topics=topics, slop_s=slop,
             workspace=args.workspace, progress=advance, warn=warn)
     print(f"{summary['frames_in']} frames, {summary['novel']} novel, {summary['queued']} queued "
           f"for labelling ({summary['agreed']} agreed); queue {args.queue}")
     return summary
+
+
+def _teacher_settings(args: argparse.Namespace
+                      ) -> tuple[Path | None, dict[str, list[str]] | None]:
+    """The teacher's weights and prompts from the flags and ``--config``.
+
+    SAM3's weights: ``--teacher-weights``, else ``$CV_AUTOLABEL_SAM3``, else the config's
+    ``teacher_weights``, else the default path (None lets the teacher look there).
+    """
+    params = load_parameters(args.config, "active_learning_node")
+    weights = args.teacher_weights
+    if weights is None and not os.environ.get("CV_AUTOLABEL_SAM3") \
+            and params.get("teacher_weights"):
+        weights = Path(str(params["teacher_weights"])).expanduser()
+    return weights, _prompts(params)
 
 
 def _prompts(params: dict[str, Any]) -> dict[str, list[str]] | None:
@@ -255,13 +271,11 @@ def cmd_preannotate(args: argparse.Namespace) -> dict[str, Any]:
         return summary
     if args.src is None:
         raise CvAutolabelError("SRC is required (or --merge ZIP ZIP ...)")
-    params = load_parameters(args.config, "active_learning_node")
-    weights = args.teacher_weights or Path(str(params.get(
-        "teacher_weights", "~/cv_autolabel_data/models/sam3.pt"))).expanduser()
+    weights, prompts = _teacher_settings(args)
     topics, slop = _topics_from(args)
     with progress_bar(None, "preannotate") as advance:
         summary = preannotate(args.src, args.out, teacher=args.teacher, teacher_weights=weights,
-                              prompts=_prompts(params), work=args.work,
+                              prompts=prompts, work=args.work,
                               shard=parse_shard(args.shard), merge_iou=args.merge_iou,
                               topics=topics, slop_s=slop, progress=advance, warn=warn)
     if summary["unreadable"] or summary["failed"]:

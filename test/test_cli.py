@@ -12,6 +12,8 @@ import pytest
 
 from cv_autolabel.cli import build_parser, main
 
+REPO = Path(__file__).resolve().parents[1]
+
 SUBCOMMANDS = ["sim", "extract", "info", "dedup", "replay", "flush", "import-cvat", "prepare",
                "train", "export", "status", "preannotate", "demo"]
 
@@ -222,3 +224,51 @@ def test_the_flywheel_asks_sam3_with_one_prompt_per_class(
     assert seen == {"weights": weights, "prompts": {"red_can": ["red can"],
                                                     "blue_can": ["blue can"]}}
     assert result["teacher"] == "sam3" and result["queued"] == result["novel"] > 0
+
+
+class _FakeSam3:
+    """SAM3 itself needs gated weights: record what a command asks of it."""
+
+    seen: dict = {}
+
+    def __init__(self, weights: Path, prompts: dict) -> None:
+        _FakeSam3.seen = {"weights": Path(weights), "prompts": prompts}
+        self.class_names = tuple(prompts)
+
+    def __call__(self, frame):  # noqa: ANN204
+        from cv_autolabel.core.instances import Instances
+
+        return Instances.empty(*frame.rgb.shape[:2], self.class_names)
+
+
+def test_sam3_weights_are_found_without_a_flag(sim_bag: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from cv_autolabel.core.teachers import sam3
+    from cv_autolabel.tools.flywheel import Teacher
+
+    monkeypatch.setattr(sam3, "Sam3Teacher", _FakeSam3)
+    weights = tmp_path / "sam3.pt"
+    weights.write_bytes(b"x")
+    monkeypatch.setenv("CV_AUTOLABEL_SAM3", str(weights))
+    code, _, err = _run(capsys, "replay", str(sim_bag), "--active-learning", "--queue",
+                        str(tmp_path / "q1"), "--teacher", "sam3", "--config",
+                        str(REPO / "config" / "autolabel.yaml"))
+    assert code == 0, err
+    assert _FakeSam3.seen["weights"] == weights  # $CV_AUTOLABEL_SAM3, as the docs say
+    assert _FakeSam3.seen["prompts"]["red_can"] == ["red soda can", "red energy drink can"]
+    _FakeSam3.seen = {}
+    Teacher("sam3").replay(sim_bag, tmp_path / "q2", None, tmp_path)  # the demo's path
+    assert _FakeSam3.seen["weights"] == weights
+
+
+def test_sam3_without_classes_says_to_give_the_config(sim_bag: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = tmp_path / "sam3.pt"
+    weights.write_bytes(b"x")
+    monkeypatch.setenv("CV_AUTOLABEL_SAM3", str(weights))
+    code, _, err = _run(capsys, "replay", str(sim_bag), "--active-learning", "--queue",
+                        str(tmp_path / "q"), "--teacher", "sam3")
+    assert code == 1
+    assert err.startswith("error: the SAM3 teacher needs the classes to look for: give --config")

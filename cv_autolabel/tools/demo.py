@@ -16,6 +16,7 @@ No weights, no network: everything is built from configs and the synthetic world
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -44,10 +45,10 @@ def run_demo(workspace: Path, *, frames: int = 300, seed: int = 0, width: int = 
     """
     from cv_autolabel.cli import progress_bar  # noqa: PLC0415
 
-    if teacher.kind == "sam3":
+    if teacher.kind == "sam3":  # found (or refused) before anything is recorded
         from cv_autolabel.core.teachers.sam3 import check_weights  # noqa: PLC0415
 
-        check_weights(teacher.weights)
+        teacher = dataclasses.replace(teacher, weights=check_weights(teacher.weights))
     started = time.perf_counter()
     _reset(workspace)
     bags = []

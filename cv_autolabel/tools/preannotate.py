@@ -34,13 +34,11 @@ from cv_autolabel.ros.bag import BagReader
 from cv_autolabel.ros.frames import FrameStats, iter_frames
 from cv_autolabel.ros.topics import CameraTopics
 from cv_autolabel.tools.dedup import image_files, is_bag, iter_image_frames
+from cv_autolabel.tools.teachers import Teacher, make_teacher
 
-TEACHERS = ("groundtruth", "sam3")
 DONE_FILE = "done.txt"
 #: Pending entries the work queue holds: in effect unbounded (a pool is exported whole).
 _MAX_ENTRIES = 2**62
-
-Teacher = Callable[[Frame], Instances]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -59,31 +57,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def make_teacher(kind: str, src: Path, *, weights: Path | None,
-                 prompts: dict[str, list[str]] | None) -> tuple[Teacher, tuple[str, ...]]:
-    """Return (frame -> Instances, class names) for ``--teacher``.
-
-    Raises:
-        CvAutolabelError: unknown kind, groundtruth on a non-bag, missing SAM3 weights
-            (the teacher's own message) or prompts.
-    """
-    if kind == "groundtruth":
-        if not is_bag(src):
-            raise CvAutolabelError("--teacher groundtruth needs a synthetic ROS 2 bag as SRC")
-        from cv_autolabel.ros.ground_truth import GroundTruthSegmenter  # noqa: PLC0415
-
-        with BagReader(src) as reader:
-            truth = GroundTruthSegmenter.from_bag(reader, list(prompts) if prompts else None)
-        return truth, truth.class_names
-    if kind == "sam3":
-        from cv_autolabel.core.teachers.sam3 import Sam3Teacher  # noqa: PLC0415
-
-        path = weights if weights is not None else Path("~/cv_autolabel_data/models/sam3.pt")
-        teacher = Sam3Teacher(path, prompts or {})  # checks the weights first
-        return teacher, teacher.class_names
-    raise CvAutolabelError(f"unknown teacher {kind!r}; use one of {TEACHERS}")
-
-
 def preannotate(src: Path, out_zip: Path, *, teacher: str = "groundtruth",
                 teacher_weights: Path | None = None,
                 prompts: dict[str, list[str]] | None = None, work: Path | None = None,
@@ -97,7 +70,8 @@ def preannotate(src: Path, out_zip: Path, *, teacher: str = "groundtruth",
         src: image folder (recursive) or ROS 2 bag.
         out_zip: the COCO 1.0 zip to write (must not exist unless nothing is left to export).
         teacher: ``"groundtruth"`` (synthetic bags) or ``"sam3"``.
-        teacher_weights: sam3.pt (default ``~/cv_autolabel_data/models/sam3.pt``).
+        teacher_weights: sam3.pt (None: ``$CV_AUTOLABEL_SAM3``, else
+            ``~/cv_autolabel_data/models/sam3.pt``).
         prompts: class -> text prompts (SAM3), or the class order (groundtruth).
         work: work directory holding the queue (default ``<out_zip>.work``).
         shard: (i, n), 1-based; frames with ``index % n == i - 1`` are processed.

@@ -95,7 +95,10 @@ def replay_active_learning(bag_path: Path, queue_dir: Path, *, teacher: str = "g
     from cv_autolabel.core.dedup import DedupSettings, open_deduplicator  # noqa: PLC0415
     from cv_autolabel.ros.frames import FrameStats, iter_frames  # noqa: PLC0415
 
-    teach, class_names = _teacher(teacher, bag_path, teacher_weights, prompts)
+    from cv_autolabel.tools.teachers import make_teacher  # noqa: PLC0415
+
+    teach, class_names = make_teacher(teacher, bag_path, weights=teacher_weights,
+                                      prompts=prompts)
     student = make_segment_fn("yolo", model=model, bag=bag_path)[0] if model else None
     started, stats = time.perf_counter(), FrameStats()
     dedup = open_deduplicator(DedupSettings(data_dir=queue_dir, threshold=dedup_threshold))
@@ -124,20 +127,3 @@ def replay_active_learning(bag_path: Path, queue_dir: Path, *, teacher: str = "g
     return result
 
 
-def _teacher(kind: str, bag: Path, weights: Path | None,
-             prompts: dict[str, list[str]] | None) -> tuple[Callable, tuple[str, ...]]:
-    if kind == "groundtruth":
-        with BagReader(bag) as reader:
-            truth = GroundTruthSegmenter.from_bag(reader, list(prompts) if prompts else None)
-        return truth, truth.class_names
-    if kind == "sam3":
-        from cv_autolabel.core.teachers.sam3 import Sam3Teacher  # noqa: PLC0415
-
-        if weights is None:
-            raise CvAutolabelError("--teacher sam3 needs --teacher-weights PATH to sam3.pt")
-        if not prompts:
-            raise CvAutolabelError("--teacher sam3 needs class prompts (active_learning.prompts "
-                                   "in --config)")
-        t = Sam3Teacher(weights, prompts)
-        return t, t.class_names
-    raise CvAutolabelError(f"unknown teacher {kind!r}; use groundtruth or sam3")
