@@ -349,6 +349,21 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def cmd_publish(args: argparse.Namespace) -> dict[str, Any]:
+    """Point the detector's model symlink at an exported model directory (e.g. an export's
+    int8/ copied to the robot) once its checksum manifest verifies. Needs no torch: this is
+    the robot's side of `export --publish`."""
+    from cv_autolabel.core.model_slot import publish_model  # noqa: PLC0415
+
+    manifest = publish_model(args.model_dir, args.link)
+    print(f"published {args.model_dir} ({manifest.get('precision', '?')}, val mask mAP50-95 "
+          f"{manifest.get('map50_95', '?')}) at {args.link}: a detector watching it reloads "
+          "within its watch_period_s, or call its ~/reload service")
+    return {"model_dir": str(Path(args.model_dir).expanduser().resolve()),
+            "link": str(args.link), "manifest": {k: v for k, v in manifest.items()
+                                                 if k != "files"}}
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train a YOLO segmentation model on a prepared data.yaml (offline: nothing is
     downloaded) and record the run in OUT/NAME/cv_autolabel_run.json."""
@@ -563,6 +578,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="symlink to point at the INT8 model on success (e.g. models/current)")
     _common(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("publish", help="point the detector's model symlink at a verified "
+                       "exported model", description=cmd_publish.__doc__)
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                   help="an exported model directory with its manifest.json (export's int8/)")
+    p.add_argument("--link", type=Path, default=Path("~/cv_autolabel_data/models/current"),
+                   help="the detector's model_path symlink "
+                        "(default: ~/cv_autolabel_data/models/current)")
+    _common(p)
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("train", help="train a YOLO segmentation model on a data.yaml",
                        description=cmd_train.__doc__)

@@ -15,7 +15,7 @@ from cv_autolabel.cli import build_parser, main
 REPO = Path(__file__).resolve().parents[1]
 
 SUBCOMMANDS = ["sim", "extract", "info", "dedup", "replay", "flush", "import-cvat", "prepare",
-               "train", "export", "status", "preannotate", "demo"]
+               "train", "export", "publish", "status", "preannotate", "demo"]
 
 
 def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -272,3 +272,22 @@ def test_sam3_without_classes_says_to_give_the_config(sim_bag: Path, tmp_path: P
                         str(tmp_path / "q"), "--teacher", "sam3")
     assert code == 1
     assert err.startswith("error: the SAM3 teacher needs the classes to look for: give --config")
+
+
+def test_publish_on_the_robot_re_points_the_detector_link(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture
+                                                           ) -> None:
+    from cv_autolabel.core.manifest import write_manifest
+
+    model = tmp_path / "copied" / "int8"  # an export's int8/ copied to the robot
+    model.mkdir(parents=True)
+    (model / "best.xml").write_text("<net/>")
+    write_manifest(model, precision="int8", map50_95=0.42)
+    link = tmp_path / "models" / "current"
+    code, out, _ = _run(capsys, "publish", str(model), "--link", str(link), "--json")
+    assert code == 0 and link.resolve() == model.resolve()
+    assert "int8, val mask mAP50-95 0.42" in out
+    assert json.loads(out.strip().splitlines()[-1])["manifest"]["precision"] == "int8"
+    (model / "best.xml").write_text("<net>changed</net>")
+    code, _, err = _run(capsys, "publish", str(model), "--link", str(link))
+    assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1

@@ -114,6 +114,34 @@ class ModelSlot:
             raise ModelError(f"cannot load model {model_dir}: {err}") from err
 
 
+def check_publish_link(link: Path) -> None:
+    """Raise ModelError unless ``link`` is absent or a symlink (publishing never replaces a
+    real file or directory)."""
+    if link.exists() and not link.is_symlink():
+        raise ModelError(f"cannot publish: {link} exists and is not a symlink")
+
+
+def publish_model(model_dir: Path, link: Path) -> dict[str, Any]:
+    """Point ``link`` (the detector's ``model_path``) at ``model_dir`` once its checksum
+    manifest verifies; return the manifest.
+
+    A failed INT8 export has no manifest, so it cannot be published. The detector watching
+    ``link`` then reloads (verifying again on its side).
+
+    Raises:
+        ModelError: ``model_dir`` missing, its manifest absent or not matching its files, or
+            ``link`` a real file or directory.
+    """
+    model_dir, link = Path(model_dir).expanduser(), Path(link).expanduser()
+    if not model_dir.is_dir():
+        raise ModelError(f"no model directory at {model_dir}")
+    check_publish_link(link)
+    manifest = verify_manifest(model_dir)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    replace_symlink(link, model_dir.resolve())
+    return manifest
+
+
 def replace_symlink(link: Path, target: Path) -> None:
     """Point ``link`` at ``target`` atomically (what an export step does to publish)."""
     tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")

@@ -54,8 +54,8 @@ import yaml
 
 from cv_autolabel.core.instances import Instances, mask_iou
 from cv_autolabel.core.manifest import write_manifest
-from cv_autolabel.core.model_slot import replace_symlink
-from cv_autolabel.errors import CvAutolabelError, ExportError
+from cv_autolabel.core.model_slot import check_publish_link, publish_model
+from cv_autolabel.errors import CvAutolabelError, ExportError, ModelError
 from cv_autolabel.tools.ultralytics_output import stdout_to_stderr
 
 #: Two instances match when they share a class and their masks overlap at least this much.
@@ -217,7 +217,10 @@ def export(model_pt: Path, data_yaml: Path, *, out: Path | None = None, imgsz: i
     _prepare_out(out)
     if publish is not None:
         publish = Path(publish).expanduser()
-        _check_publish(publish)
+        try:
+            check_publish_link(publish)
+        except ModelError as err:
+            raise ExportError(str(err)) from None
     started = time.perf_counter()
     fp32_dir, int8_dir = export_openvino(model_pt, data_yaml, out, imgsz=imgsz,
                                          fraction=calibration_fraction)
@@ -232,8 +235,7 @@ def export(model_pt: Path, data_yaml: Path, *, out: Path | None = None, imgsz: i
     _write_manifests(report, fp32_dir, int8_dir)
     shutil.rmtree(out / ".work", ignore_errors=True)
     if report["passed"] and publish is not None:
-        publish.parent.mkdir(parents=True, exist_ok=True)
-        replace_symlink(publish, int8_dir.resolve())
+        publish_model(int8_dir, publish)
         report["published"] = str(publish)
     report = _finite(report)
     (out / REPORT).write_text(json.dumps(report, indent=1) + "\n")
@@ -268,11 +270,6 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"output directory {out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
-
-
-def _check_publish(publish: Path) -> None:
-    if publish.exists() and not publish.is_symlink():
-        raise ExportError(f"cannot publish: {publish} exists and is not a symlink")
 
 
 def val_images(data_yaml: Path) -> list[Path]:

@@ -75,3 +75,25 @@ def test_manifest_records_metadata(tmp_path: Path) -> None:
     d = _model(tmp_path, "m", "data")
     doc = verify_manifest(d)
     assert doc["dataset"] == "v1" and set(doc["files"]) == {"model.bin"}
+
+
+def test_publish_re_points_the_link_only_to_a_verified_model(tmp_path: Path) -> None:
+    from cv_autolabel.core.model_slot import publish_model
+
+    link = tmp_path / "models" / "current"
+    good, other = _model(tmp_path, "v1", "one"), _model(tmp_path, "v2", "two")
+    assert publish_model(good, link)["files"]
+    assert link.resolve() == good.resolve()
+    unverified = _model(tmp_path, "v3", "three", manifest=False)  # a failed INT8 export
+    with pytest.raises(ModelError, match="has no manifest.json"):
+        publish_model(unverified, link)
+    (other / "model.bin").write_text("tampered in transit")
+    with pytest.raises(ModelError):
+        publish_model(other, link)
+    assert link.resolve() == good.resolve()  # still the last good model
+    real = tmp_path / "real_dir"
+    real.mkdir()
+    with pytest.raises(ModelError, match="exists and is not a symlink"):
+        publish_model(good, real)
+    with pytest.raises(ModelError, match="no model directory"):
+        publish_model(tmp_path / "nope", link)
