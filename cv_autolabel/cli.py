@@ -232,14 +232,17 @@ def cmd_flush(args: argparse.Namespace) -> dict[str, Any]:
         names = _csv(args.classes) if args.classes else _queue_classes(queue, args.config)
         result = flush(queue, args.out, class_names=names, limit=args.limit,
                        diverse=args.diverse)
-        reviewed = 0
         if args.review is not None and result.images:
-            from cv_autolabel.components.active_learning import write_review_images  # noqa: PLC0415
+            from cv_autolabel.components.active_learning import review_batch  # noqa: PLC0415
 
-            reviewed = write_review_images(queue, args.review, ids=result.entry_ids)
+            result = dataclasses.replace(result,
+                                         review_images=review_batch(queue, result, args.review))
+            if result.review_images < result.images:
+                warn(f"wrote {result.review_images} of {result.images} review images to "
+                     f"{args.review} (see the log); the batch itself is complete")
     summary = {k: (str(v) if isinstance(v, Path) else v)
                for k, v in dataclasses.asdict(result).items()}
-    summary["review_images"] = reviewed
+    summary["review_images"] = result.review_images or 0
     if result.images:
         print(f"wrote {result.images} images with {result.annotations} annotations "
               f"({result.class_counts()}) to {args.out}: import it into CVAT as 'COCO 1.0'")
@@ -412,6 +415,17 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
                     rounds=args.iterations, teacher=Teacher(args.teacher, args.teacher_weights))
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -510,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="ZIP", help="zip to write")
     p.add_argument("--classes", default=None,
                    help="category order, comma separated (default: config, else the queue's)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                    help="export at most N frames, the highest-scoring first")
     p.add_argument("--diverse", action="store_true",
                    help="with --limit: the highest-scoring frame of each of N clusters of "

@@ -1,9 +1,11 @@
 """Read the one configuration file (ROS 2 parameter YAML) shared by the nodes and the CLI.
 
 The file has the form ``/namespace/node_name: {ros__parameters: {...}}``; ``/**`` applies to
-every node. rclpy applies only ``/**`` and the section named exactly by the node's fully
-qualified name (no other wildcards; a bare ``dedup_node`` key means ``/dedup_node``), so the
-shipped file names the nodes as the launch file starts them: ``/cv_autolabel/dedup_node``.
+every node. rclpy applies ``/**`` and the sections whose name matches the node's fully
+qualified name; a bare ``dedup_node`` key means ``/dedup_node``, which a node in a namespace
+does not match. Newer rclpy releases also accept wildcards (``/**/dedup_node``), older ones
+only the exact name, so the shipped file names the nodes exactly as the launch file starts
+them: ``/cv_autolabel/dedup_node``.
 Nested keys flatten to ROS dotted names (``camera.color_topic``), as ``ros2 param`` shows them.
 """
 

@@ -291,3 +291,30 @@ def test_publish_on_the_robot_re_points_the_detector_link(tmp_path: Path,
     (model / "best.xml").write_text("<net>changed</net>")
     code, _, err = _run(capsys, "publish", str(model), "--link", str(link))
     assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_flush_whose_review_images_fail_still_reports_the_written_batch(
+        sim_bag: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cv_autolabel.tools.replay import replay_active_learning
+
+    queued = replay_active_learning(sim_bag, tmp_path / "queue")["queued"]
+    blocked = tmp_path / "review"
+    blocked.write_text("a file where the review directory should go")
+    code, out, err = _run(capsys, "flush", "--queue", str(tmp_path / "queue"), "--out",
+                          str(tmp_path / "batch.zip"), "--review", str(blocked), "--json")
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and summary["images"] == queued > 0 and (tmp_path / "batch.zip").is_file()
+    assert summary["review_images"] == 0 and "the batch itself is complete" in err
+
+
+def test_flush_limit_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["flush", "--queue", str(tmp_path), "--out", str(tmp_path / "b.zip"),
+              "--limit", "0"])
+    assert exit_info.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_replay_of_a_missing_bag_names_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = _run(capsys, "replay", str(tmp_path / "nope"), "--active-learning",
+                        "--queue", str(tmp_path / "q"))
+    assert code == 1 and err.strip() == f"error: source not found: {tmp_path / 'nope'}"

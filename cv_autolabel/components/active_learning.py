@@ -29,7 +29,7 @@ from cv_autolabel.core.coco import FlushResult, flush
 from cv_autolabel.core.disagreement import Disagreement, DisagreementConfig, compare
 from cv_autolabel.core.instances import Instances
 from cv_autolabel.core.types import Frame
-from cv_autolabel.errors import CvAutolabelError
+from cv_autolabel.errors import CvAutolabelError, QueueError
 from cv_autolabel.ros.factory import MessageFactory
 from cv_autolabel.ros.frames import frame_from_messages
 
@@ -144,7 +144,8 @@ class ActiveLearningComponent:
         does: at most ``limit``, the highest scores, or the best of each visual cluster.
 
         With ``review``, a side-by-side review image of every exported frame goes to
-        ``<zip stem>_review/`` beside the zip (:func:`write_review_images`).
+        ``<zip stem>_review/`` beside the zip (:func:`review_batch`; how many were written
+        is ``review_images`` of the result).
         """
         out_dir.mkdir(parents=True, exist_ok=True)
         name = time.strftime("batch_%Y%m%d_%H%M%S")
@@ -156,12 +157,8 @@ class ActiveLearningComponent:
         result = flush(self.queue, out_zip, class_names=self.class_names, limit=limit,
                        diverse=diverse)
         if review and result.zip_path is not None:
-            try:
-                write_review_images(self.queue, review_dir(result.zip_path),
-                                    ids=result.entry_ids)
-            except Exception as err:  # noqa: BLE001 - the batch is written; the aid is optional
-                log.warning("flush: %s written, but its review images failed: %s",
-                            result.zip_path, err)
+            written = review_batch(self.queue, result, review_dir(result.zip_path))
+            result = dataclasses.replace(result, review_images=written)
         return result
 
     def statistics(self) -> dict[str, Any]:
@@ -195,7 +192,11 @@ def write_review_images(queue: AnnotationQueue, out_dir: Path, *,
     The entries are ``ids`` (say a flush's ``entry_ids``; exported entries stay readable
     until purged), or else the pending ones, at most ``limit``.
 
-    Returns the number written: ``<out_dir>/<entry id>.jpg``.
+    Returns the number written: ``<out_dir>/<entry id>.jpg``. An entry whose stored image
+    cannot be read is logged and skipped; the others are still written.
+
+    Raises:
+        OSError: ``out_dir`` cannot be created or written.
     """
     from cv_autolabel.core.fsio import write_image_atomic  # noqa: PLC0415
     from cv_autolabel.core.overlay import review_image  # noqa: PLC0415
@@ -205,9 +206,30 @@ def write_review_images(queue: AnnotationQueue, out_dir: Path, *,
         entries = queue.pending(limit)
     else:
         entries = [e for e in (queue.get(i) for i in ids) if e is not None]
+    written = 0
     for entry in entries:
         details = [r.get("detail", str(r)) if isinstance(r, dict) else str(r)
                    for r in entry.reasons]
-        image = review_image(entry.rgb(), entry.student, entry.teacher, details, entry.score)
+        try:
+            rgb = entry.rgb()
+        except QueueError as err:
+            log.warning("no review image for entry %d: %s", entry.id, err)
+            continue
+        image = review_image(rgb, entry.student, entry.teacher, details, entry.score)
         write_image_atomic(out_dir / f"{entry.id:06d}.jpg", image)
-    return len(entries)
+        written += 1
+    return written
+
+
+def review_batch(queue: AnnotationQueue, result: FlushResult, out_dir: Path) -> int:
+    """Write the review images of a flushed batch to ``out_dir``; return how many.
+
+    The batch is already written and marked exported, so a failure here is logged (and 0
+    returned), never raised: the review images are an aid, the zip is the work.
+    """
+    try:
+        return write_review_images(queue, out_dir, ids=result.entry_ids)
+    except Exception as err:  # noqa: BLE001 - the batch is written; the aid is optional
+        log.warning("%s written, but its review images in %s failed: %s", result.zip_path,
+                    out_dir, err)
+        return 0

@@ -316,15 +316,27 @@ class AnnotationQueue:
         With a ``limit``, the highest-scoring entries are taken (the oldest first among equal
         scores): a labelling budget goes to the frames the student gets most wrong. ``ids``
         chooses the entries instead (those no longer pending or already reserved are left
-        out). The batch lists its ids in arrival order.
+        out); with a ``limit`` too, a choice that lost entries meanwhile (evicted while it
+        was being made) is topped up with the highest-scoring others, so the batch still
+        holds ``limit`` frames when the queue has them. The batch lists its ids in arrival
+        order.
+
+        Raises:
+            QueueError: ``limit`` below 1.
         """
+        if limit is not None and limit < 1:
+            raise QueueError(f"an export limit must be at least 1, got {limit}")
         with self._write() as conn:
             free = [r[0] for r in conn.execute(
                 "SELECT id FROM entries WHERE state = 'pending' AND batch_id IS NULL "
                 "ORDER BY score DESC, id LIMIT ?",
                 (-1 if limit is None or ids is not None else int(limit),))]
             if ids is not None:
-                free = list(set(free) & {int(i) for i in ids})
+                wanted = {int(i) for i in ids}
+                kept = [i for i in free if i in wanted]
+                if limit is not None and len(kept) < limit:
+                    kept += [i for i in free if i not in wanted][:limit - len(kept)]
+                free = kept
             chosen = tuple(sorted(free))
             if not chosen:
                 return None

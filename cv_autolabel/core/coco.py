@@ -71,6 +71,8 @@ class FlushResult:
         recovered: exports of a dead writer settled first (rolled forward or back).
         annotations_per_class: annotations of each configured class, in category order (a
             batch that is mostly one class says so before anyone opens CVAT).
+        review_images: review images written beside the batch, when they were asked for
+            (set by the callers that write them), else None.
     """
 
     zip_path: Path | None
@@ -81,6 +83,7 @@ class FlushResult:
     entry_ids: tuple[int, ...]
     recovered: int = 0
     annotations_per_class: dict[str, int] = field(default_factory=dict)
+    review_images: int | None = None
 
     def class_counts(self) -> str:
         """``"red_can 12, blue_can 3"``: the per-class counts as one phrase."""
@@ -106,7 +109,8 @@ def flush(queue: AnnotationQueue, out_zip: Path, *, class_names: Sequence[str],
         queue: the annotation queue.
         out_zip: the zip to write; it must not exist. The batch is named after it.
         class_names: CVAT's labels, in category id order (id 1 = ``class_names[0]``).
-        limit: most entries to export (None: all pending); the highest-scoring are taken.
+        limit: most entries to export, at least 1 (None: all pending); the highest-scoring
+            are taken.
         diverse: with a ``limit`` smaller than the queue, take the highest-scoring entry of
             each of ``limit`` clusters of similar-looking frames instead
             (:func:`diverse_entry_ids`).
@@ -116,10 +120,13 @@ def flush(queue: AnnotationQueue, out_zip: Path, *, class_names: Sequence[str],
         What was exported; with nothing pending, no zip is written and ``zip_path`` is None.
 
     Raises:
-        CocoError: invalid class names, ``out_zip`` exists, or the dataset fails validation.
+        CocoError: invalid class names or limit, ``out_zip`` exists, or the dataset fails
+            validation.
     """
     out_zip = Path(out_zip)
     _check_arguments(class_names, annotations)
+    if limit is not None and limit < 1:
+        raise CocoError(f"limit must be at least 1 (or None for all), got {limit}")
     with queue.export_lock():
         recovered = recover_exports(queue)
         if out_zip.exists():
@@ -163,7 +170,9 @@ def diverse_entry_ids(queue: AnnotationQueue, k: int) -> list[int] | None:
         try:
             vectors.append(embedder.embed(entry.rgb()))
         except QueueError as err:  # a damaged image must not block every later flush
-            log.warning("flush --diverse: leaving entry %d out of the choice: %s", entry.id, err)
+            if queue.get(entry.id) is not None:  # else evicted meanwhile: nothing to say
+                log.warning("flush --diverse: leaving entry %d out of the choice: %s",
+                            entry.id, err)
             continue
         readable.append(entry)
     if not readable:  # nothing to compare: the top scores, as without --diverse

@@ -87,9 +87,16 @@ def select_diverse(scores: Sequence[float], embeddings: np.ndarray, k: int, *,
         return []
     if k >= len(s):
         return sorted(range(len(s)), key=lambda i: (-s[i], i))
-    labels = kmeans(embeddings, k, seed=seed)
+    # Fewer distinct looks than k: one cluster per look, the rest of the budget by score
+    # (k-means would otherwise split identical points arbitrarily, by index).
+    distinct = len(np.unique(np.asarray(embeddings), axis=0))
+    clusters = min(k, distinct)
+    labels = kmeans(embeddings, clusters, seed=seed)
     picks = []
-    for j in range(k):
+    for j in range(clusters):
         members = np.flatnonzero(labels == j)
         picks.append(int(members[np.argmax(s[members])]))  # argmax: first of equal scores
+    taken = set(picks)
+    rest = sorted((i for i in range(len(s)) if i not in taken), key=lambda i: (-s[i], i))
+    picks += rest[:k - clusters]
     return sorted(picks, key=lambda i: (-s[i], i))

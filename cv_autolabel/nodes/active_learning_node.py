@@ -80,6 +80,9 @@ class ActiveLearningNode(Node):
         self.review = bool(p["review_images"])
         self.flush_limit = int(p["flush_limit"]) or None
         self.flush_diverse = bool(p["flush_diverse"])
+        if self.flush_diverse and self.flush_limit is None:
+            self.get_logger().warning("flush_diverse needs flush_limit > 0 (the batch size it "
+                                      "chooses among the queue); flushing everything pending")
         self.queue = AnnotationQueue(data / "queue", max_entries=int(p["max_entries"]))
         self.component = ActiveLearningComponent(
             self._teacher(str(p["teacher"]), Path(str(p["teacher_weights"])).expanduser(),
@@ -153,7 +156,8 @@ class ActiveLearningNode(Node):
                             f"({result.class_counts()}) to {result.zip_path}"
                             if result.images else "nothing pending")
         if result.images and self.review:
-            response.message += f"; review images in {review_dir(result.zip_path)}"
+            response.message += (f"; {result.review_images} review images in "
+                                 f"{review_dir(result.zip_path)}")
         return response
 
     def _publish_statistics(self) -> None:

@@ -234,11 +234,18 @@ def export(model_pt: Path, data_yaml: Path, *, out: Path | None = None, imgsz: i
                              "verify": round(time.perf_counter() - exported, 1)})
     _write_manifests(report, fp32_dir, int8_dir)
     shutil.rmtree(out / ".work", ignore_errors=True)
+    publish_error = None
     if report["passed"] and publish is not None:
-        publish_model(int8_dir, publish)
-        report["published"] = str(publish)
+        try:
+            publish_model(int8_dir, publish)
+            report["published"] = str(publish)
+        except ModelError as err:  # e.g. the link became a real directory meanwhile
+            publish_error = report["publish_error"] = str(err)
     report = _finite(report)
     (out / REPORT).write_text(json.dumps(report, indent=1) + "\n")
+    if publish_error is not None:
+        raise ExportError(f"verified export written to {out}, but not published: "
+                          f"{publish_error}")
     if not report["passed"]:
         raise ExportError(f"{report['message']}; kept the FP32 export {fp32_dir}, report "
                           f"{out / REPORT}")

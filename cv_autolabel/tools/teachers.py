@@ -32,6 +32,8 @@ def make_teacher(kind: str, src: Path, *, weights: Path | None,
     """
     from cv_autolabel.tools.dedup import is_bag  # noqa: PLC0415
 
+    if not Path(src).exists():
+        raise CvAutolabelError(f"source not found: {src}")
     if kind == "groundtruth":
         if not is_bag(src):
             raise CvAutolabelError("--teacher groundtruth needs a synthetic ROS 2 bag")

@@ -128,3 +128,20 @@ def test_a_flush_with_review_writes_one_image_per_exported_frame(tmp_path: Path,
     al.process(frames[3])  # arrived after the flush: in the next batch, not this review
     assert len(list(review_dir(result.zip_path).iterdir())) == 3
     al.queue.close()
+
+
+def test_a_damaged_image_costs_its_review_image_not_the_batch(tmp_path: Path,
+                                                              frames_and_truth) -> None:
+    from cv_autolabel.components.active_learning import review_dir
+
+    frames, truth = frames_and_truth
+    al = _component(tmp_path, truth, None)
+    for frame in frames[:3]:
+        al.process(frame)
+    damaged = al.queue.pending()[1]
+    damaged.image_path.write_bytes(b"not a png any more")
+    result = al.flush(tmp_path / "exports", review=True)
+    assert result.images == 3 and result.zip_path.is_file()  # the zip copies the bytes as is
+    assert result.review_images == 2
+    assert f"{damaged.id:06d}.jpg" not in {p.name for p in review_dir(result.zip_path).iterdir()}
+    al.queue.close()

@@ -346,3 +346,16 @@ def test_kill_9_at_many_moments(tmp_path: Path) -> None:
         assert_consistent(queue_dir)
         with AnnotationQueue(queue_dir) as q:
             assert all(q.get(i) is not None for i in acked)
+
+
+def test_a_chosen_batch_that_lost_entries_is_topped_up_to_its_limit(tmp_path: Path) -> None:
+    q = AnnotationQueue(tmp_path / "q")
+    ids = [enqueue(q, n, score) for n, score in enumerate((0.9, 0.8, 0.7, 0.6))]
+    # a flush --diverse chose ids[1] and entry 999, which was evicted while it chose
+    batch = q.begin_export("b.zip", tmp_path / "b.zip", 2, ids=[ids[1], 999])
+    assert batch.entry_ids == (ids[0], ids[1])  # the choice kept, the best other added
+    q.cancel_export(batch)
+    assert q.begin_export("c.zip", tmp_path / "c.zip", ids=[ids[3]]).entry_ids == (ids[3],)
+    with pytest.raises(QueueError, match="at least 1"):
+        q.begin_export("d.zip", tmp_path / "d.zip", 0)
+    q.close()

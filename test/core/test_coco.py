@@ -462,3 +462,10 @@ def test_flush_from_another_thread_while_enqueuing(queue: AnnotationQueue,
     thread.join()
     flush(queue, tmp_path / "last.zip", class_names=CLASSES)
     assert sorted(exported_ids(sorted(tmp_path.glob("*.zip")))) == sorted(ids)
+
+
+def test_a_flush_limit_below_one_is_refused(queue: AnnotationQueue, tmp_path: Path) -> None:
+    add(queue, 0, instances([rect(0, 0, 3, 3)], ["can"]))
+    with pytest.raises(CocoError, match="limit must be at least 1"):
+        flush(queue, tmp_path / "b.zip", class_names=CLASSES, limit=0)
+    assert len(queue.pending()) == 1 and not (tmp_path / "b.zip").exists()

@@ -50,3 +50,14 @@ def test_edge_cases() -> None:
         select_diverse([0.1, 0.2, 0.3], x, 2)
     with pytest.raises(ConfigError, match="k must be"):
         kmeans(x, 5)
+
+
+def test_identical_looks_spend_the_rest_of_the_budget_on_the_best_scores() -> None:
+    from cv_autolabel.core.selection import select_diverse
+
+    same = np.ones((10, 4))
+    assert select_diverse(list(range(10)), same, 5) == [9, 8, 7, 6, 5]
+    two_looks = np.array([[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 5)
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.9, 0.8, 0.7, 0.6, 0.55]
+    # one per look (5 and 4), then the next best scores whatever their look
+    assert select_diverse(scores, two_looks, 4) == [5, 6, 7, 4]

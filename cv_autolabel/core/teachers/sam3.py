@@ -71,9 +71,9 @@ def check_weights(weights: str | Path | None = None) -> Path:
     if not path.is_file():
         raise TeacherError(
             f"SAM3 weights not found at {path}. SAM3 is gated: request access on its Hugging "
-            "Face model page, download sam3.pt, and point the node's teacher_weights parameter "
-            "(or --teacher-weights, or CV_AUTOLABEL_SAM3) at the file; without it use the "
-            "groundtruth teacher on synthetic bags")
+            "Face model page, download sam3.pt, and point at it: the node's teacher_weights "
+            "parameter, or for cv-autolabel --teacher-weights or CV_AUTOLABEL_SAM3 (or put it "
+            f"at {DEFAULT_WEIGHTS}); without it use the groundtruth teacher on synthetic bags")
     return path
 
 
