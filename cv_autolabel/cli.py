@@ -358,12 +358,14 @@ def cmd_publish(args: argparse.Namespace) -> dict[str, Any]:
     the robot's side of `export --publish`."""
     from cv_autolabel.core.model_slot import publish_model  # noqa: PLC0415
 
-    manifest = publish_model(args.model_dir, args.link)
+    link = args.link or Path(str(load_parameters(args.config, "detector_node").get(
+        "model_path", "~/cv_autolabel_data/models/current"))).expanduser()
+    manifest = publish_model(args.model_dir, link)
     print(f"published {args.model_dir} ({manifest.get('precision', '?')}, val mask mAP50-95 "
-          f"{manifest.get('map50_95', '?')}) at {args.link}: a detector watching it reloads "
+          f"{manifest.get('map50_95', '?')}) at {link}: a detector watching it reloads "
           "within its watch_period_s, or call its ~/reload service")
     return {"model_dir": str(Path(args.model_dir).expanduser().resolve()),
-            "link": str(args.link), "manifest": {k: v for k, v in manifest.items()
+            "link": str(link), "manifest": {k: v for k, v in manifest.items()
                                                  if k != "files"}}
 
 
@@ -597,9 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "exported model", description=cmd_publish.__doc__)
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
                    help="an exported model directory with its manifest.json (export's int8/)")
-    p.add_argument("--link", type=Path, default=Path("~/cv_autolabel_data/models/current"),
-                   help="the detector's model_path symlink "
-                        "(default: ~/cv_autolabel_data/models/current)")
+    p.add_argument("--link", type=Path, default=None,
+                   help="the detector's model_path symlink (default: detector_node's "
+                        "model_path in --config, else ~/cv_autolabel_data/models/current)")
     _common(p)
     p.set_defaults(func=cmd_publish)
 

@@ -318,3 +318,18 @@ def test_replay_of_a_missing_bag_names_it(tmp_path: Path, capsys: pytest.Capture
     code, _, err = _run(capsys, "replay", str(tmp_path / "nope"), "--active-learning",
                         "--queue", str(tmp_path / "q"))
     assert code == 1 and err.strip() == f"error: source not found: {tmp_path / 'nope'}"
+
+
+def test_publish_follows_the_detectors_model_path_in_the_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cv_autolabel.core.manifest import write_manifest
+
+    model = tmp_path / "int8"
+    model.mkdir()
+    (model / "best.xml").write_text("<net/>")
+    write_manifest(model, precision="int8")
+    config = tmp_path / "autolabel.yaml"
+    config.write_text("/cv_autolabel/detector_node:\n  ros__parameters:\n"
+                      f"    model_path: {tmp_path / 'robot' / 'current'}\n")
+    code, _, _ = _run(capsys, "publish", str(model), "--config", str(config))
+    assert code == 0 and (tmp_path / "robot" / "current").resolve() == model.resolve()
