@@ -33,7 +33,7 @@ from cv_autolabel.core.annotation_queue import AnnotationQueue
 from cv_autolabel.core.disagreement import DisagreementConfig
 from cv_autolabel.core.model_slot import ModelSlot
 from cv_autolabel.core.teachers.sam3 import default_prompt
-from cv_autolabel.nodes.common import InboxWorker, run_node
+from cv_autolabel.nodes.common import InboxWorker, run_node, slow_callbacks
 from cv_autolabel.ros import topics as T
 from cv_autolabel.ros.ground_truth import GroundTruth, GroundTruthSegmenter
 
@@ -101,7 +101,8 @@ class ActiveLearningNode(Node):
         self._sync.registerCallback(self._worker.put)
         self._subs = subs
         self._stats_pub = self.create_publisher(String, "~/statistics", qos)
-        self.create_service(Trigger, "~/flush", self._on_flush)
+        # A flush reads (and with flush_diverse embeds) every pending frame: seconds.
+        self.create_service(Trigger, "~/flush", self._on_flush, callback_group=slow_callbacks())
         self.create_timer(float(p["statistics_period_s"]), self._publish_statistics)
 
     def _teacher(self, kind: str, weights: Path, classes: tuple[str, ...]) -> Any:

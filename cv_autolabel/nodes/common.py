@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
 from cv_autolabel.core.workqueue import DropOldestQueue
 
@@ -48,20 +49,36 @@ class InboxWorker:
         self._thread.join(timeout=timeout)
 
 
+def slow_callbacks() -> MutuallyExclusiveCallbackGroup:
+    """A callback group for a node's slow services and timers (a flush, a model reload).
+
+    :func:`run_node` spins two threads, so these run beside the default group, whose
+    subscription callbacks only hand messages to the worker and must not wait seconds behind
+    a service call (sensor-data QoS drops what is not taken in time).
+    """
+    return MutuallyExclusiveCallbackGroup()
+
+
 def run_node(make_node: Callable[[], Any], args: list[str] | None = None) -> None:
     """Spin a node until shutdown; always stop it, destroy it and shut rclpy down.
 
-    The form that works on Humble and Jazzy alike (``try_shutdown`` after Ctrl-C, when the
-    context may already be shut down). ``make_node()`` must return a node with ``shutdown()``.
+    A two-thread executor: the node's default callback group (subscriptions, statistics)
+    stays serialised as under ``rclpy.spin``, and its :func:`slow_callbacks` group runs
+    beside it. The form that works on Humble and Jazzy alike (``try_shutdown`` after Ctrl-C,
+    when the context may already be shut down). ``make_node()`` must return a node with
+    ``shutdown()``.
     """
     rclpy.init(args=args)
     node = None
+    executor = MultiThreadedExecutor(num_threads=2)
     try:
         node = make_node()
-        rclpy.spin(node)
+        executor.add_node(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()
         if node is not None:
             node.shutdown()
             node.destroy_node()

@@ -36,7 +36,7 @@ from cv_autolabel.components.detector import (
 )
 from cv_autolabel.core.model_slot import ModelSlot
 from cv_autolabel.core.segmenters import create_segmenter
-from cv_autolabel.nodes.common import InboxWorker, run_node
+from cv_autolabel.nodes.common import InboxWorker, run_node, slow_callbacks
 from cv_autolabel.ros.factory import RclpyMessageFactory
 
 _UNIT = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
@@ -78,7 +78,9 @@ class DetectorNode(Node):
         reliable = QoSProfile(depth=10)
         self._pubs = {k: self.create_publisher(t, k, reliable) for k, t in _OUTPUTS.items()}
         self._stats_pub = self.create_publisher(String, "~/statistics", reliable)
-        self.create_service(Trigger, "~/reload", self._on_reload)
+        # Loading a model takes a second or more: beside the camera callbacks, not before them.
+        reloads = slow_callbacks()
+        self.create_service(Trigger, "~/reload", self._on_reload, callback_group=reloads)
         self._worker = InboxWorker(1, self._process, "detector")  # always the newest set
         qos = qos_profile_sensor_data
         self._subs = [
@@ -89,7 +91,7 @@ class DetectorNode(Node):
             self._subs, int(p["camera.sync_queue_size"]), float(p["camera.sync_slop_s"]))
         self._sync.registerCallback(self._worker.put)
         if float(p["watch_period_s"]) > 0:
-            self.create_timer(float(p["watch_period_s"]), self._watch)
+            self.create_timer(float(p["watch_period_s"]), self._watch, callback_group=reloads)
         self.create_timer(float(p["statistics_period_s"]), self._publish_statistics)
         self.get_logger().info(f"detector: model {self.slot.model_dir}")
 
