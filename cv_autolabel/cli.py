@@ -202,9 +202,11 @@ def _teacher_settings(args: argparse.Namespace
     SAM3's weights: ``--teacher-weights``, else ``$CV_AUTOLABEL_SAM3``, else the config's
     ``teacher_weights``, else the default path (None lets the teacher look there).
     """
+    from cv_autolabel.core.teachers.sam3 import WEIGHTS_ENV  # noqa: PLC0415
+
     params = load_parameters(args.config, "active_learning_node")
     weights = args.teacher_weights
-    if weights is None and not os.environ.get("CV_AUTOLABEL_SAM3") \
+    if weights is None and not os.environ.get(WEIGHTS_ENV) \
             and params.get("teacher_weights"):
         weights = Path(str(params["teacher_weights"])).expanduser()
     return weights, _prompts(params)
@@ -356,10 +358,10 @@ def cmd_publish(args: argparse.Namespace) -> dict[str, Any]:
     """Point the detector's model symlink at an exported model directory (e.g. an export's
     int8/ copied to the robot) once its checksum manifest verifies. Needs no torch: this is
     the robot's side of `export --publish`."""
-    from cv_autolabel.core.model_slot import publish_model  # noqa: PLC0415
+    from cv_autolabel.core.model_slot import DEFAULT_MODEL_LINK, publish_model  # noqa: PLC0415
 
     link = args.link or Path(str(load_parameters(args.config, "detector_node").get(
-        "model_path", "~/cv_autolabel_data/models/current"))).expanduser()
+        "model_path", DEFAULT_MODEL_LINK))).expanduser()
     manifest = publish_model(args.model_dir, link)
     print(f"published {args.model_dir} ({manifest.get('precision', '?')}, val mask mAP50-95 "
           f"{manifest.get('map50_95', '?')}) at {link}: a detector watching it reloads "

@@ -27,6 +27,8 @@ from cv_autolabel.errors import CvAutolabelError, ModelError
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Path], Any]
+#: Where the detector looks for its model, and where a publish points by default.
+DEFAULT_MODEL_LINK = "~/cv_autolabel_data/models/current"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from std_srvs.srv import Trigger
 from cv_autolabel.components.active_learning import ActiveLearningComponent, review_dir
 from cv_autolabel.core.annotation_queue import AnnotationQueue
 from cv_autolabel.core.disagreement import DisagreementConfig
-from cv_autolabel.core.model_slot import ModelSlot
+from cv_autolabel.core.model_slot import DEFAULT_MODEL_LINK, ModelSlot
 from cv_autolabel.core.teachers.sam3 import default_prompt
 from cv_autolabel.nodes.common import InboxWorker, run_node, slow_callbacks
 from cv_autolabel.ros import topics as T
@@ -43,7 +43,7 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "classes": (["red_can", "blue_can"], _P(description="Class names, in category order")),
     "teacher": ("sam3", _P(description="sam3 | groundtruth (synthetic bags)")),
     "teacher_weights": ("~/cv_autolabel_data/models/sam3.pt", _P(description="sam3.pt")),
-    "student_model": ("~/cv_autolabel_data/models/current", _P(
+    "student_model": (DEFAULT_MODEL_LINK, _P(
         description="OpenVINO export of the student; missing = no student yet")),
     "disagreement.threshold": (0.25, _P(description="Queue a frame at or above this score",
                                floating_point_range=[FloatingPointRange(

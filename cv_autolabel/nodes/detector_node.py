@@ -34,14 +34,14 @@ from visualization_msgs.msg import MarkerArray
 from cv_autolabel.components.detector import (
     DEBUG_IMAGE, DETECTIONS_2D, DETECTIONS_3D, MARKERS, DetectorComponent,
 )
-from cv_autolabel.core.model_slot import ModelSlot
+from cv_autolabel.core.model_slot import DEFAULT_MODEL_LINK, ModelSlot
 from cv_autolabel.core.segmenters import create_segmenter
 from cv_autolabel.nodes.common import InboxWorker, run_node, slow_callbacks
 from cv_autolabel.ros.factory import RclpyMessageFactory
 
 _UNIT = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
 _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
-    "model_path": ("~/cv_autolabel_data/models/current", ParameterDescriptor(
+    "model_path": (DEFAULT_MODEL_LINK, ParameterDescriptor(
         description="OpenVINO segmentation export directory, or a symlink to one")),
     "require_manifest": (True, ParameterDescriptor(
         description="Refuse models whose manifest.json checksums do not match")),

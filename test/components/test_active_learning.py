@@ -113,14 +113,21 @@ def test_review_images_show_both_sides(tmp_path: Path, frames_and_truth) -> None
     al.queue.close()
 
 
-def test_a_flush_with_review_writes_one_image_per_exported_frame(tmp_path: Path,
-                                                                 frames_and_truth) -> None:
-    from cv_autolabel.components.active_learning import review_dir
-
+def _three_queued(tmp_path: Path, frames_and_truth) -> ActiveLearningComponent:
+    """A component without a student whose queue holds the first three frames."""
     frames, truth = frames_and_truth
     al = _component(tmp_path, truth, None)
     for frame in frames[:3]:
         al.process(frame)
+    return al
+
+
+def test_a_flush_with_review_writes_one_image_per_exported_frame(tmp_path: Path,
+                                                                 frames_and_truth) -> None:
+    from cv_autolabel.components.active_learning import review_dir
+
+    frames, _ = frames_and_truth
+    al = _three_queued(tmp_path, frames_and_truth)
     result = al.flush(tmp_path / "exports", review=True)
     assert result.images == 3
     written = sorted(p.name for p in review_dir(result.zip_path).iterdir())
@@ -134,10 +141,7 @@ def test_a_damaged_image_costs_its_review_image_not_the_batch(tmp_path: Path,
                                                               frames_and_truth) -> None:
     from cv_autolabel.components.active_learning import review_dir
 
-    frames, truth = frames_and_truth
-    al = _component(tmp_path, truth, None)
-    for frame in frames[:3]:
-        al.process(frame)
+    al = _three_queued(tmp_path, frames_and_truth)
     damaged = al.queue.pending()[1]
     damaged.image_path.write_bytes(b"not a png any more")
     result = al.flush(tmp_path / "exports", review=True)

@@ -59,6 +59,8 @@ def flatten_prompts(prompts: Mapping[str, Sequence[str] | str]) -> tuple[list[st
 
 #: Where the node (``teacher_weights``) and ``cv-autolabel demo --teacher sam3`` look by default.
 DEFAULT_WEIGHTS = Path("~/cv_autolabel_data/models/sam3.pt")
+#: Environment variable naming sam3.pt for the command line (the node has teacher_weights).
+WEIGHTS_ENV = "CV_AUTOLABEL_SAM3"
 
 
 def check_weights(weights: str | Path | None = None) -> Path:
@@ -67,7 +69,7 @@ def check_weights(weights: str | Path | None = None) -> Path:
     Raises:
         TeacherError: there is no such file (with how to get one).
     """
-    path = Path(weights or os.environ.get("CV_AUTOLABEL_SAM3") or DEFAULT_WEIGHTS).expanduser()
+    path = Path(weights or os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS).expanduser()
     if not path.is_file():
         raise TeacherError(
             f"SAM3 weights not found at {path}. SAM3 is gated: request access on its Hugging "
