@@ -56,19 +56,34 @@ class ModelSlot:
         path: model directory (or a symlink to one) to load now and on reload.
         loader: builds a model (e.g. a segmenter) from a verified directory.
         require_manifest: refuse models without a valid ``manifest.json``.
+        optional: the path may hold no (loadable) model yet: :attr:`current` is then None
+            until :meth:`poll` sees one appear (the first model published to a robot).
+            Without it the first load must succeed.
+
+    Raises:
+        ModelError (or the loader's CvAutolabelError): the first load failed, unless
+            ``optional``.
     """
 
-    def __init__(self, path: Path, loader: Loader, *, require_manifest: bool = True) -> None:
+    def __init__(self, path: Path, loader: Loader, *, require_manifest: bool = True,
+                 optional: bool = False) -> None:
         self.path, self.loader, self.require_manifest = Path(path), loader, require_manifest
         self._lock = threading.Lock()
         self.reloads = 0
         self.failed_reloads = 0
-        self.model, self.model_dir = self._load(self.path)
         self._seen = _fingerprint(self.path)
+        try:
+            self.model, self.model_dir = self._load(self.path)
+        except CvAutolabelError as err:
+            if not optional:
+                raise
+            log.warning("no model loaded from %s yet (%s); waiting for one", self.path, err)
+            self.model, self.model_dir = None, None
 
     @property
     def current(self) -> Any:
-        """The model in use (read once per frame; the reference swap is atomic)."""
+        """The model in use (read once per frame; the reference swap is atomic); None while
+        an ``optional`` slot has none."""
         return self.model
 
     def reload(self, path: Path | None = None) -> ReloadResult:

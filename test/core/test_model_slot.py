@@ -97,3 +97,19 @@ def test_publish_re_points_the_link_only_to_a_verified_model(tmp_path: Path) -> 
         publish_model(good, real)
     with pytest.raises(ModelError, match="no model directory"):
         publish_model(tmp_path / "nope", link)
+
+
+def test_optional_slot_waits_for_the_first_model(tmp_path: Path) -> None:
+    link = tmp_path / "current"
+    with pytest.raises(ModelError, match="does not exist"):
+        ModelSlot(link, _loader)
+    slot = ModelSlot(link, _loader, optional=True)  # the robot before its first model
+    assert slot.current is None and slot.model_dir is None and slot.poll() is None
+    replace_symlink(link, _model(tmp_path, "m1", "one"))  # cv-autolabel publish
+    assert slot.poll().success and slot.current == "one" and slot.reloads == 1
+
+    broken = tmp_path / "broken"
+    replace_symlink(broken, _model(tmp_path, "m2", "two"))
+    (tmp_path / "m2" / "model.bin").write_text("tw0")
+    waiting = ModelSlot(broken, _loader, optional=True)  # a broken first model: no crash
+    assert waiting.current is None and waiting.poll() is None  # not retried until it changes
