@@ -529,10 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None,
                    help="category order, comma separated (default: config, else the queue's)")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
-                   help="export at most N frames, the highest-scoring first")
+                   help="export at most N frames, the highest labelling priority first")
     p.add_argument("--diverse", action="store_true",
-                   help="with --limit: the highest-scoring frame of each of N clusters of "
-                        "similar-looking frames, not the N highest scores (which are often "
+                   help="with --limit: the highest-priority frame of each of N clusters of "
+                        "similar-looking frames, not the N highest priorities (which are often "
                         "one situation filmed many times)")
     p.add_argument("--review", type=Path, default=None, metavar="DIR",
                    help="also write side-by-side student/teacher review images here")

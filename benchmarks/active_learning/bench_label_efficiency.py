@@ -7,12 +7,17 @@ each arm picks ``--budget`` more pool frames for labelling, fine-tunes its previ
 everything labelled so far and is scored (mask mAP50-95) on the test set:
 
 - **random**: a uniform draw from the unlabelled pool.
-- **disagreement**: the active-learning node's choice. The arm's current student (its model
-  exported to OpenVINO FP32, run by the detector's runtime) is compared with the teacher
-  (``core.disagreement.compare``) on every unlabelled pool frame, and the highest scores are
-  taken, which is what the bounded annotation queue keeps (it evicts its lowest score first).
+- **disagreement**: the arm's current student (its model exported to OpenVINO FP32, run by
+  the detector's runtime) is compared with the teacher (``core.disagreement.compare``) on
+  every unlabelled pool frame, and the highest disagreement scores (the share of objects the
+  two disagree on) are taken: the annotation queue's ranking until 2026-11-22.
 - **diverse**: the same scores; the best of each of ``--budget`` k-means clusters of the
   frames' thumbnail embeddings is taken (``flush --limit N --diverse``).
+- **balanced**: the same comparisons, ranked by ``core.selection.labelling_priority``: the
+  disagreements summed, each weighted by its class's inverse frequency among the instances
+  labelled so far (``class_balance_weights``; on the robot, the ``train_instances`` of the
+  student's manifest), so frames with many mistakes on classes the student has few labels
+  of come first. This is what the annotation queue keeps and ``flush --limit N`` exports.
 
 ``--scenario uniform`` puts both target classes in every pool recording; ``longtail`` puts
 the new product (blue cans) in only ``--rare-bags`` of them, as a picking cell mostly sees
@@ -55,9 +60,10 @@ import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-#: random: a uniform draw. disagreement: the top scores (what the bounded queue keeps).
+#: random: a uniform draw. disagreement: the top disagreement scores.
 #: diverse: the top score of each visual cluster (``flush --limit N --diverse``).
-ARMS = ("random", "disagreement", "diverse")
+#: balanced: the highest class-balanced labelling priority (what the queue keeps).
+ARMS = ("random", "disagreement", "diverse", "balanced")
 TARGET_RATIO = 0.6  # issue #6: reach random's final mAP with at most 60% of its labels
 TARGETS = ("red_can", "blue_can")  # the classes being labelled; the rest are distractors
 
@@ -343,12 +349,21 @@ def round_key(frames: Sequence[PoolFrame], init: str, **settings: Any) -> dict[s
             **{k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}}
 
 
+def labelled_counts(frames: Sequence[PoolFrame], names: Sequence[str]) -> dict[str, int]:
+    """Instances of each class in ``frames``' labels (what the student was trained on)."""
+    ids = [int(line.split()[0]) for f in frames for line in f.label_lines]
+    return {c: ids.count(k) for k, c in enumerate(names)}
+
+
 def disagreement_scores(weights: str, pool: Sequence[PoolFrame], candidates: Sequence[int],
-                        names: Sequence[str], work: Path, imgsz: int) -> dict[int, float]:
-    """The active-learning score of every candidate pool frame under the student ``weights``."""
+                        names: Sequence[str], work: Path, imgsz: int,
+                        class_weights: dict[str, float] | None = None) -> dict[int, float]:
+    """The active-learning score of every candidate pool frame under the student ``weights``:
+    the disagreement score, or with ``class_weights`` the class-balanced labelling priority."""
     from cv_autolabel.core.disagreement import compare  # noqa: PLC0415
     from cv_autolabel.core.instances import Instances  # noqa: PLC0415
     from cv_autolabel.core.segmenters import create_segmenter  # noqa: PLC0415
+    from cv_autolabel.core.selection import labelling_priority  # noqa: PLC0415
     from cv_autolabel.tools.export import export_openvino  # noqa: PLC0415
 
     if work.exists():
@@ -360,7 +375,9 @@ def disagreement_scores(weights: str, pool: Sequence[PoolFrame], candidates: Seq
         f = pool[i]
         rgb = cv2.cvtColor(cv2.imread(str(f.image)), cv2.COLOR_BGR2RGB)
         teacher = Instances.from_label_image(f.labels, f.classes, names)
-        scores[i] = compare(student.segment(rgb), teacher).score
+        result = compare(student.segment(rgb), teacher)
+        scores[i] = (result.score if class_weights is None
+                     else labelling_priority(result, class_weights))
     return scores
 
 
@@ -380,7 +397,7 @@ def pick(arm: str, scores: dict[int, float], pool: Sequence[PoolFrame], k: int,
     """The ``k`` pool frames ``arm`` labels next, from the candidates' disagreement ``scores``."""
     from cv_autolabel.core.selection import select_diverse  # noqa: PLC0415
 
-    if arm == "disagreement":
+    if arm in ("disagreement", "balanced"):
         return top_scores(scores, k, rng)
     keys = list(scores)
     chosen = select_diverse([scores[i] for i in keys],
@@ -410,9 +427,15 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
             if arm == "random":
                 picked = arm_rng.choice(rest, min(args.budget, len(rest)), replace=False).tolist()
             else:
+                balance = None
+                if arm == "balanced":
+                    from cv_autolabel.core.selection import class_balance_weights  # noqa: PLC0415
+
+                    balance = class_balance_weights(
+                        labelled_counts([pool[i] for i in labelled], names), names)
                 scores = disagreement_scores(rounds[-1]["weights"], pool, rest, names,
                                              work / f"seed{seed}" / arm / f"student{r}",
-                                             args.imgsz)
+                                             args.imgsz, balance)
                 picked = pick(arm, scores, pool, args.budget, arm_rng)
                 log(f"   {arm} round {r}: picked scores {np.mean([scores[i] for i in picked]):.2f} "
                     f"mean (pool mean {np.mean(list(scores.values())):.2f}), from "
@@ -439,14 +462,18 @@ _SAME_SETTINGS = ("seeds", "rounds", "seed_size", "budget", "iters", "pool_bags"
 def check_merge_settings(earlier: dict[str, Any], args: argparse.Namespace) -> None:
     """Raise SystemExit unless ``earlier`` (a results.json) ran with the settings of ``args``."""
     settings = earlier["settings"]
-    differ = [k for k in _SAME_SETTINGS if settings.get(k, getattr(args, k)) != getattr(args, k)]
+    differ = [k for k in _SAME_SETTINGS if k != "rounds"
+              and settings.get(k, getattr(args, k)) != getattr(args, k)]
+    if settings.get("rounds", args.rounds) < args.rounds:
+        differ.append("rounds (the earlier run has fewer)")
     if differ:
         raise SystemExit(f"--merge: settings differ: {', '.join(differ)}")
 
 
 def merge_runs(runs: dict[str, dict[int, list[dict[str, Any]]]], earlier: dict[str, Any],
                args: argparse.Namespace) -> dict[str, dict[int, list[dict[str, Any]]]]:
-    """``runs`` plus the arms of an ``earlier`` results.json that were not run now.
+    """``runs`` plus the arms of an ``earlier`` results.json that were not run now (their
+    first ``args.rounds`` rounds: an earlier run may have gone on longer).
 
     Raises SystemExit when the earlier run's settings differ, or its round 0 does not match.
     """
@@ -455,7 +482,7 @@ def merge_runs(runs: dict[str, dict[int, list[dict[str, Any]]]], earlier: dict[s
     for arm, by_seed in earlier["runs"].items():
         if arm in merged:
             continue
-        merged[arm] = {int(seed): rounds for seed, rounds in by_seed.items()}
+        merged[arm] = {int(seed): rounds[:args.rounds + 1] for seed, rounds in by_seed.items()}
         for seed, rounds in merged[arm].items():
             mine = next(iter(runs.values()))[seed][0]["map"]
             if abs(rounds[0]["map"] - mine) > 1e-6:
@@ -511,7 +538,8 @@ def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str,
     fig, axes = plt.subplots(1, 2 if classes else 1, figsize=(11 if classes else 6.4, 4.2),
                              dpi=120, squeeze=False)
     ax = axes[0][0]
-    colours = {"random": "tab:gray", "disagreement": "tab:red", "diverse": "tab:blue"}
+    colours = {"random": "tab:gray", "disagreement": "tab:red", "diverse": "tab:blue",
+               "balanced": "tab:green"}
     for arm, c in curves.items():
         x, y, s = (np.array(c[k]) for k in ("labelled", "map_mean", "map_std"))
         ax.plot(x, y, "o-", color=colours[arm], label=f"{arm} (mean of {len(runs[arm])} seeds)")
@@ -580,6 +608,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rare-bags", type=int, default=2,
                    help="longtail: pool recordings that hold blue cans")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cv_bench_al")
+    p.add_argument("--work", type=Path, default=None,
+                   help="where the rounds are trained and cached (default: a folder of "
+                        "--cache named after the settings); the cache key holds its path")
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                    help="selection arms to run (random is needed for the verdict)")
@@ -633,8 +664,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               + ("_longtail" if args.scenario == "longtail" else "")
               + ("" if args.pool_bags == p.get_default("pool_bags") or args.quick
                  else f"_pool{args.pool_bags}"))
-    work = args.cache / (f"work{suffix}"
-                         + ("" if args.arms == list(ARMS) else "_" + "+".join(args.arms)))
+    # One run at a time per work folder: its pool/ and test/ are rebuilt.
+    work = args.work or args.cache / f"work{suffix}"
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
     for rebuilt in ("pool", "test"):  # deterministic; rounds already trained are kept

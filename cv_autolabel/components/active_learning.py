@@ -7,6 +7,13 @@ whose disagreement score reaches the threshold go to the crash-safe annotation q
 both predictions and the reasons, the others are counted and skipped. ``flush`` writes the
 pending frames as a CVAT-ready COCO zip.
 
+The queue ranks its frames (what it keeps when full, what ``flush --limit N`` takes first)
+by their labelling priority (:func:`cv_autolabel.core.selection.labelling_priority`): the
+disagreements summed, each weighted by how few labels the student has of its class (the
+``train_instances`` of its model's manifest). In the label-efficiency benchmark that labels
+a new product's frames first and ends with the best mAP, though it reaches random
+selection's final mAP with no fewer labels than ranking by score (``benchmarks/active_learning``).
+
 The same component serves the rclpy node and ``cv-autolabel replay --active-learning``.
 """
 
@@ -17,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from cv_autolabel.core.annotation_queue import AnnotationQueue
 from cv_autolabel.core.coco import FlushResult, flush
 from cv_autolabel.core.disagreement import Disagreement, DisagreementConfig, compare
 from cv_autolabel.core.instances import Instances
+from cv_autolabel.core.selection import class_balance_weights, labelling_priority
 from cv_autolabel.core.types import Frame
 from cv_autolabel.errors import CvAutolabelError, QueueError
 from cv_autolabel.ros.factory import MessageFactory
@@ -36,6 +44,10 @@ from cv_autolabel.ros.frames import frame_from_messages
 log = logging.getLogger(__name__)
 
 SegmentFn = Callable[[Frame], Instances]
+#: frame -> the student's instances, or None while there is no student model yet.
+StudentFn = Callable[[Frame], Instances | None]
+#: () -> instances per class the current student was trained on, None if unknown.
+CountsFn = Callable[[], Mapping[str, int] | None]
 
 
 @dataclass
@@ -69,18 +81,24 @@ class ActiveLearningComponent:
 
     Args:
         teacher: frame -> the teacher's instances over ``class_names``.
-        student: frame -> the student's instances, or None before there is a model.
+        student: frame -> the student's instances (None, or an answer of None: no model
+            yet, so every teacher object counts as missed).
         queue: the crash-safe annotation queue.
         class_names: the configured classes (COCO category order on flush).
         config: disagreement thresholds.
         source: recorded with every queued frame.
+        student_counts: the instances per class the student was trained on, asked per frame
+            (a reloaded model brings its own); they weight the queue's ranking toward the
+            classes with few labels. None, or an answer of None: every class weighs 1.
     """
 
-    def __init__(self, teacher: SegmentFn, student: SegmentFn | None, queue: AnnotationQueue,
+    def __init__(self, teacher: SegmentFn, student: StudentFn | None, queue: AnnotationQueue,
                  class_names: tuple[str, ...], *,
-                 config: DisagreementConfig = DisagreementConfig(), source: str = "") -> None:
+                 config: DisagreementConfig = DisagreementConfig(), source: str = "",
+                 student_counts: CountsFn | None = None) -> None:
         self.teacher, self.student, self.queue = teacher, student, queue
         self.class_names, self.config, self.source = tuple(class_names), config, source
+        self.student_counts = student_counts
         self.stats = ActiveLearningStats()
         self._lock = threading.Lock()
 
@@ -100,18 +118,25 @@ class ActiveLearningComponent:
             t0 = time.perf_counter()
             teacher = self.teacher(frame)
             t1 = time.perf_counter()
-            student = (self.student(frame) if self.student is not None
-                       else Instances.empty(*frame.rgb.shape[:2], self.class_names))
+            student = self.student(frame) if self.student is not None else None
+            if student is None:
+                student = Instances.empty(*frame.rgb.shape[:2], self.class_names)
             t2 = time.perf_counter()
             result = compare(student, teacher, self.config)
             entry = (self.queue.enqueue(frame, teacher=result.teacher, student=student,
-                                        score=result.score, reasons=_reasons(result),
+                                        score=self.priority(result), reasons=_reasons(result),
                                         source=self.source) if result.queued else None)
         except CvAutolabelError as err:
             self._error(err)
             return None
         self._count(result, entry, (t1 - t0) * 1000, (t2 - t1) * 1000)
         return result
+
+    def priority(self, result: Disagreement) -> float:
+        """The queue's rank of a judged frame: its class-balanced labelling priority."""
+        counts = self.student_counts() if self.student_counts is not None else None
+        weights = class_balance_weights(counts, self.class_names) if counts else None
+        return labelling_priority(result, weights, self.config)
 
     def _count(self, result: Disagreement, entry: int | None, teacher_ms: float,
                student_ms: float) -> None:
@@ -141,7 +166,7 @@ class ActiveLearningComponent:
         """Write the pending frames to a new COCO zip in ``out_dir`` (the ``~/flush`` service).
 
         ``limit`` and ``diverse`` choose the frames as :func:`cv_autolabel.core.coco.flush`
-        does: at most ``limit``, the highest scores, or the best of each visual cluster.
+        does: at most ``limit``, the highest priorities, or the best of each visual cluster.
 
         With ``review``, a side-by-side review image of every exported frame goes to
         ``<zip stem>_review/`` beside the zip (:func:`review_batch`; how many were written

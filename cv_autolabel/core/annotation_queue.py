@@ -102,7 +102,8 @@ class QueueEntry:
         image_path: absolute path of the RGB PNG.
         depth_path: absolute path of the uint16 millimetre depth PNG, or None.
         width, height: image size in pixels.
-        score: disagreement score (higher = more worth labelling).
+        score: labelling priority (higher = more worth labelling; the active-learning
+            component queues ``core.selection.labelling_priority``).
         reasons: the JSON list of disagreement reasons given at enqueue.
         state: ``"pending"`` or ``"exported"``.
         exported_batch: name of the batch (zip) it was exported in, or None.

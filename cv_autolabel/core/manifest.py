@@ -65,3 +65,18 @@ def _check_file(path: Path, want: dict[str, Any]) -> None:
                          f"{want.get('size')}: incomplete copy?")
     if sha256_file(path) != want.get("sha256"):
         raise ModelError(f"{path} does not match its manifest checksum")
+
+
+def train_instances(model_dir: Path) -> dict[str, int] | None:
+    """The ``train_instances`` a model's manifest records (instances per class in the split
+    it was trained on; ``cv-autolabel export`` writes them), or None when the manifest is
+    missing, unreadable or has none. Only read, not verified: loading verifies.
+    """
+    try:
+        counts = json.loads((model_dir / MANIFEST).read_text()).get("train_instances")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(counts, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
+        return None
+    return {str(k): v for k, v in counts.items()}

@@ -60,7 +60,7 @@ def _label(img: np.ndarray, text: str, origin: tuple[int, int], color: tuple) ->
 
 
 def review_image(rgb: np.ndarray, student: Instances, teacher: Instances,
-                 reasons: Sequence[str], score: float) -> np.ndarray:
+                 reasons: Sequence[str], priority: float) -> np.ndarray:
     """Return a side-by-side review aid: student | teacher, with a legend and the reasons.
 
     Args:
@@ -68,7 +68,7 @@ def review_image(rgb: np.ndarray, student: Instances, teacher: Instances,
         student: the student's instances (left panel).
         teacher: the teacher's instances (right panel).
         reasons: one line per disagreement (``Reason.detail``).
-        score: the frame's disagreement score.
+        priority: the frame's labelling priority (its rank in the annotation queue).
     """
     h, w = rgb.shape[:2]
     classes = list(dict.fromkeys(teacher.class_names + student.class_names))
@@ -76,7 +76,7 @@ def review_image(rgb: np.ndarray, student: Instances, teacher: Instances,
     right = draw_instances(rgb, teacher, class_order=classes)
     for panel, title in ((left, f"student ({len(student)})"), (right, f"teacher ({len(teacher)})")):
         _label(panel, title, (4, 16), (255, 255, 255))
-    lines = [f"disagreement score {score:.2f}"] + list(reasons)[:12]
+    lines = [f"labelling priority {priority:.2f}"] + list(reasons)[:12]
     if len(reasons) > 12:
         lines.append(f"... and {len(reasons) - 12} more")
     footer = np.full((18 * (len(lines) + 1) + 8, 2 * w, 3), 255, np.uint8)

@@ -1,6 +1,10 @@
-"""Choose a labelling batch: high disagreement, but not twenty views of one situation.
+"""Choose a labelling batch: the frames most worth a person's time, not twenty views of one.
 
-Taking the ``k`` highest disagreement scores spends a batch on whatever the student fails at
+:func:`labelling_priority` ranks the annotation queue: a frame's disagreements summed, each
+weighted by its class's :func:`class_balance_weights` (inverse frequency in the student's
+training labels), so the mistakes on a product the student has few labels of come first.
+
+Taking the ``k`` highest priorities spends a batch on whatever the student fails at
 most, and on a robot that is often one situation filmed many times over: in the long-tail
 label-efficiency benchmark (``benchmarks/active_learning``), top-k put 21 of its first 24
 frames in the 3 recordings where a new product appeared. :func:`select_diverse` is the
@@ -12,17 +16,63 @@ embeddings are the dedup's thumbnail descriptors (no weights needed), so "divers
 Measured (long-tail pool, 3 seeds, 2026-11-22): diversity helps the first round or two and
 then costs: spreading the batch over every recording also spreads it away from the rare
 product, whose mask mAP then grows more slowly (0.156 vs 0.236 after 144 labels; random
-0.119). Top-k reached random's final mAP with 74% of the labels, diverse with 91%. So it is
-an option (``flush --diverse``), not the default; see the benchmark's README.
+0.119). Top-k by score reached random's final mAP with 74% of the labels, diverse with 91%.
+So it is an option (``flush --diverse``), not the default. Top-k by priority, on a pool where
+the new product is rarer still: 72% (by score 69%), with the new product's mAP 0.247 after
+144 labels against 0.187 by score and 0.077 for random; see the benchmark's README.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from cv_autolabel.core.disagreement import Disagreement, DisagreementConfig
 from cv_autolabel.errors import ConfigError
+
+#: The most a class's balance weight can be: a class with no labels yet gets this.
+MAX_CLASS_WEIGHT = 10.0
+
+
+def class_balance_weights(counts: Mapping[str, int], class_names: Sequence[str], *,
+                          cap: float = MAX_CLASS_WEIGHT) -> dict[str, float]:
+    """Inverse-frequency weight of each class from the instances labelled so far.
+
+    The best-labelled class weighs 1, a class with half as many instances 2, and so on up to
+    ``cap`` (a class with none gets ``cap``). Without any labels every class weighs 1.
+
+    Example:
+        >>> class_balance_weights({"red_can": 100, "blue_can": 25}, ["red_can", "blue_can"])
+        {'red_can': 1.0, 'blue_can': 4.0}
+        >>> class_balance_weights({"red_can": 100}, ["red_can", "blue_can"])
+        {'red_can': 1.0, 'blue_can': 10.0}
+    """
+    if cap < 1.0:
+        raise ConfigError(f"cap must be >= 1, got {cap}")
+    n = {c: max(0, int(counts.get(c, 0))) for c in class_names}
+    most = max(n.values(), default=0)
+    if most == 0:
+        return dict.fromkeys(class_names, 1.0)
+    return {c: min(cap, most / k) if k else cap for c, k in n.items()}
+
+
+def labelling_priority(result: Disagreement, class_weights: Mapping[str, float] | None = None,
+                       config: DisagreementConfig = DisagreementConfig()) -> float:
+    """How much labelling a frame is worth: its disagreements, each costing its reason's weight
+    times its class's weight (1 for a class not in ``class_weights``), summed.
+
+    Unlike :attr:`Disagreement.score` (the *fraction* of objects in disagreement, which the
+    queueing threshold reads), the sum grows with the number of objects a person would correct,
+    and with ``class_weights`` from :func:`class_balance_weights` the objects of classes the
+    student has seen few labels of count more: a frame with four missed cans of a new product
+    outranks one with four missed cans of the usual stock.
+    A class confusion counts under the teacher's class (``"student -> teacher"``).
+    """
+    weights = class_weights or {}
+    return float(sum(config.weight(r.kind)
+                     * weights.get(r.class_name.rsplit(" -> ", 1)[-1], 1.0)
+                     for r in result.reasons))
 
 
 def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, iterations: int = 30) -> np.ndarray:

@@ -9,6 +9,12 @@ write the pending frames (at most ``flush_limit``, the best of each look-alike c
 ``flush_diverse``) to a CVAT-ready COCO zip in ``<data_dir>/exports`` (and, with
 ``review_images``, a side-by-side review image per frame in ``<batch>_review/``).
 
+The student follows ``student_model`` (by default the detector's model link): it is checked
+every ``watch_period_s`` and a newly published model is loaded beside the running one, as the
+detector does; before the first model there is no student and every teacher object counts as
+missed. The queue ranks frames by labelling priority, weighted toward the classes the
+student's model has few training labels of (its manifest's ``train_instances``).
+
 The teacher is slow on a CPU: callbacks only enqueue into a bounded drop-oldest queue
 (``queue_size``) and one worker thread runs teacher, student and the queue, so the executor
 never blocks and memory never grows; dropped frames are counted.
@@ -45,21 +51,24 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "teacher_weights": ("~/cv_autolabel_data/models/sam3.pt", _P(description="sam3.pt")),
     "student_model": (DEFAULT_MODEL_LINK, _P(
         description="OpenVINO export of the student; missing = no student yet")),
+    "watch_period_s": (2.0, _P(
+        description="How often student_model is checked for a new model (0 = never)",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)])),
     "disagreement.threshold": (0.25, _P(description="Queue a frame at or above this score",
                                floating_point_range=[FloatingPointRange(
                                    from_value=0.0, to_value=1.0, step=0.0)])),
-    "max_entries": (5000, _P(description="Queue bound (lowest-score pending entry dropped)",
+    "max_entries": (5000, _P(description="Queue bound (lowest-priority pending entry dropped)",
                              integer_range=[IntegerRange(from_value=1, to_value=10**7,
                                                          step=1)])),
     "queue_size": (8, _P(description="Novel frames waiting for the teacher; oldest dropped")),
     "statistics_period_s": (5.0, _P(description="Period of ~/statistics")),
     "review_images": (True, _P(description="Write student|teacher review images of each "
                                            "flushed frame to exports/<batch>_review/")),
-    "flush_limit": (0, _P(description="Frames per ~/flush batch, highest scores first; 0 = all "
+    "flush_limit": (0, _P(description="Frames per ~/flush batch, highest priority first; 0 = all "
                                       "pending", integer_range=[IntegerRange(
                                           from_value=0, to_value=10**7, step=1)])),
     "flush_diverse": (False, _P(description="With flush_limit: the best frame of each cluster "
-                                           "of similar-looking frames, not the top scores")),
+                                           "of similar-looking frames, not the top priorities")),
 }
 
 
@@ -84,12 +93,20 @@ class ActiveLearningNode(Node):
             self.get_logger().warning("flush_diverse needs flush_limit > 0 (the batch size it "
                                       "chooses among the queue); flushing everything pending")
         self.queue = AnnotationQueue(data / "queue", max_entries=int(p["max_entries"]))
+        from cv_autolabel.core.segmenters import create_segmenter  # noqa: PLC0415
+
+        # Optional: before the first published model there is no student (None per frame).
+        self.student_slot = ModelSlot(Path(str(p["student_model"])).expanduser(),
+                                 lambda d: create_segmenter("yolo", model_dir=d), optional=True)
+        if self.student_slot.current is None:
+            self.get_logger().warning(f"no student model at {self.student_slot.path} yet: every "
+                                      "teacher object counts as missed until one is published")
         self.component = ActiveLearningComponent(
             self._teacher(str(p["teacher"]), Path(str(p["teacher_weights"])).expanduser(),
                           classes),
-            self._student(Path(str(p["student_model"])).expanduser()), self.queue, classes,
+            self._student_segment, self.queue, classes,
             config=DisagreementConfig(threshold=float(p["disagreement.threshold"])),
-            source=self.get_fully_qualified_name())
+            source=self.get_fully_qualified_name(), student_counts=self._student_counts)
         self._worker = InboxWorker(int(p["queue_size"]), self.component.on_messages,
                                    "active-learning")
         qos = QoSProfile(depth=10)
@@ -102,7 +119,10 @@ class ActiveLearningNode(Node):
         self._subs = subs
         self._stats_pub = self.create_publisher(String, "~/statistics", qos)
         # A flush reads (and with flush_diverse embeds) every pending frame: seconds.
-        self.create_service(Trigger, "~/flush", self._on_flush, callback_group=slow_callbacks())
+        slow = slow_callbacks()
+        self.create_service(Trigger, "~/flush", self._on_flush, callback_group=slow)
+        if float(p["watch_period_s"]) > 0:  # loading a model takes a second or two
+            self.create_timer(float(p["watch_period_s"]), self._watch, callback_group=slow)
         self.create_timer(float(p["statistics_period_s"]), self._publish_statistics)
 
     def _teacher(self, kind: str, weights: Path, classes: tuple[str, ...]) -> Any:
@@ -133,16 +153,20 @@ class ActiveLearningNode(Node):
         while len(self._truth_labels) > 100:
             del self._truth_labels[next(iter(self._truth_labels))]
 
-    def _student(self, path: Path) -> Any:
-        if not path.exists():
-            self.get_logger().warning(f"no student model at {path} yet: every teacher object "
-                                      "counts as missed")
-            return None
-        from cv_autolabel.core.segmenters import create_segmenter  # noqa: PLC0415
+    def _student_segment(self, frame: Any) -> Any:
+        model = self.student_slot.current  # read once: a reload may swap it meanwhile
+        return model.segment(frame.rgb) if model is not None else None
 
-        slot = ModelSlot(path, lambda d: create_segmenter("yolo", model_dir=d))
-        self._student_slot = slot
-        return lambda frame: slot.current.segment(frame.rgb)
+    def _student_counts(self) -> Any:
+        """Instances per class the student was trained on (its manifest), None without one."""
+        model = self.student_slot.current
+        return model.train_instances if model is not None else None
+
+    def _watch(self) -> None:
+        result = self.student_slot.poll()
+        if result is not None:
+            log = self.get_logger().info if result.success else self.get_logger().error
+            log(f"student model watch: {result.message}")
 
     def _on_flush(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
@@ -163,7 +187,9 @@ class ActiveLearningNode(Node):
 
     def _publish_statistics(self) -> None:
         stats = self.component.statistics()
-        stats["dropped_by_worker_queue"] = self._worker.dropped
+        stats.update(dropped_by_worker_queue=self._worker.dropped,
+                     student_model=self.student_slot.model_dir, reloads=self.student_slot.reloads,
+                     failed_reloads=self.student_slot.failed_reloads)
         self._stats_pub.publish(String(data=json.dumps(stats, default=str)))
 
     def shutdown(self) -> None:

@@ -26,8 +26,10 @@
        verification.json   both mAPs, the drop, the tolerance, agreement, passed + message
 
    Each ``manifest.json`` (see :mod:`cv_autolabel.core.manifest`) carries ``precision``,
-   ``map50_95``, ``source_weights`` and ``data``; the detector verifies it before a hot
-   reload, so an INT8 model that failed verification cannot be loaded by mistake.
+   ``map50_95``, ``source_weights``, ``data`` and ``train_instances`` (instances per class
+   in the train split, which the active-learning node weighs its queue by); the detector
+   verifies it before a hot reload, so an INT8 model that failed verification cannot be
+   loaded by mistake.
 4. **Publish** (optional): on success re-point a symlink (e.g. ``models/current``) at
    ``int8/`` atomically, which a watching detector then reloads.
 
@@ -229,7 +231,7 @@ def export(model_pt: Path, data_yaml: Path, *, out: Path | None = None, imgsz: i
     report = verify(fp32_dir, int8_dir, data_yaml, imgsz=imgsz, tolerance=tolerance,
                     samples=samples, work=out / ".work")
     report.update(source_weights=str(model_pt.resolve()), data=str(data_yaml.resolve()),
-                  out=str(out), published=None,
+                  train_instances=train_instances(data_yaml), out=str(out), published=None,
                   timings_s={"export": round(exported - started, 1),
                              "verify": round(time.perf_counter() - exported, 1)})
     _write_manifests(report, fp32_dir, int8_dir)
@@ -285,11 +287,20 @@ def val_images(data_yaml: Path) -> list[Path]:
     Raises:
         ExportError: the file is unreadable, has no ``val`` entry, or it lists no image.
     """
+    return split_images(data_yaml, "val")
+
+
+def split_images(data_yaml: Path, split: str) -> list[Path]:
+    """Return the images of a split (``train``, ``val``) of a YOLO ``data.yaml``.
+
+    Raises:
+        ExportError: the file is unreadable, has no such entry, or it lists no image.
+    """
     try:
         doc = yaml.safe_load(data_yaml.read_text()) or {}
-        entries = doc["val"]
+        entries = doc[split]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
-        raise ExportError(f"{data_yaml} has no readable val split: {err!r}") from err
+        raise ExportError(f"{data_yaml} has no readable {split} split: {err!r}") from err
     root = Path(doc.get("path") or data_yaml.parent)
     if not root.is_absolute():
         root = data_yaml.parent / root
@@ -304,8 +315,38 @@ def val_images(data_yaml: Path) -> list[Path]:
         elif path.is_file():
             images.append(path)
     if not images:
-        raise ExportError(f"the val split of {data_yaml} holds no image")
+        raise ExportError(f"the {split} split of {data_yaml} holds no image")
     return images
+
+
+def train_instances(data_yaml: Path) -> dict[str, int] | None:
+    """Instances of each class in the ``train`` split's YOLO label files (ultralytics' layout:
+    ``.../images/x.png`` is labelled by ``.../labels/x.txt``), or None when the split or its
+    class names cannot be read. The exported model keeps them in its manifest, so the
+    active-learning node knows which classes its student has seen few labels of.
+    """
+    try:
+        names = (yaml.safe_load(data_yaml.read_text()) or {})["names"]
+        names = ([str(n) for n in names] if isinstance(names, list)
+                 else [str(names[k]) for k in sorted(names, key=int)])
+        images = split_images(data_yaml, "train")
+    except (ExportError, OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+    counts = dict.fromkeys(names, 0)
+    for image in images:
+        parts = list(image.parts)
+        if "images" not in parts:
+            continue
+        parts[len(parts) - 1 - parts[::-1].index("images")] = "labels"
+        try:
+            lines = Path(*parts).with_suffix(".txt").read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue  # an image without labels holds no instance
+        for line in lines:
+            token = line.split()[:1]
+            if token and token[0].isdigit() and int(token[0]) < len(names):
+                counts[names[int(token[0])]] += 1
+    return counts
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -465,7 +506,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 def _write_manifests(report: dict[str, Any], fp32_dir: Path, int8_dir: Path) -> None:
     common = {"source_weights": report["source_weights"], "data": report["data"],
-              "imgsz": report["imgsz"]}
+              "imgsz": report["imgsz"], "train_instances": report["train_instances"]}
     write_manifest(fp32_dir, precision="fp32", map50_95=report["map50_95"]["fp32"], **common)
     if report["passed"]:  # a failed INT8 model gets none, so no detector will load it
         write_manifest(int8_dir, precision="int8", map50_95=report["map50_95"]["int8"],

@@ -38,11 +38,16 @@ def make_segment_fn(kind: str, *, model: Path | None, bag: Path,
     if model is None:
         raise CvAutolabelError("--model DIR is required with --segmenter yolo (an OpenVINO "
                                "export directory), or use --segmenter gt on a synthetic bag")
+    slot = yolo_slot(model, conf=conf)
+    return (lambda frame: slot.current.segment(frame.rgb)), f"model {slot.model_dir}"
+
+
+def yolo_slot(model: Path, *, conf: float = 0.25) -> ModelSlot:
+    """The YOLO runtime on ``model`` (an OpenVINO export directory; no manifest needed)."""
     from cv_autolabel.core.segmenters import create_segmenter  # noqa: PLC0415
 
-    slot = ModelSlot(model, lambda d: create_segmenter("yolo", model_dir=d, conf=conf),
+    return ModelSlot(model, lambda d: create_segmenter("yolo", model_dir=d, conf=conf),
                      require_manifest=False)
-    return (lambda frame: slot.current.segment(frame.rgb)), f"model {slot.model_dir}"
 
 
 def replay(bag_path: Path, out: Path, *, segmenter: str = "yolo", model: Path | None = None,
@@ -99,13 +104,15 @@ def replay_active_learning(bag_path: Path, queue_dir: Path, *, teacher: str = "g
 
     teach, class_names = make_teacher(teacher, bag_path, weights=teacher_weights,
                                       prompts=prompts)
-    student = make_segment_fn("yolo", model=model, bag=bag_path)[0] if model else None
+    slot = yolo_slot(model) if model else None
     started, stats = time.perf_counter(), FrameStats()
     dedup = open_deduplicator(DedupSettings(data_dir=queue_dir, threshold=dedup_threshold))
     try:
         with AnnotationQueue(queue_dir) as queue, BagReader(bag_path) as reader:
-            al = ActiveLearningComponent(teach, student, queue, class_names,
-                                         source=str(bag_path))
+            al = ActiveLearningComponent(
+                teach, (lambda frame: slot.current.segment(frame.rgb)) if slot else None,
+                queue, class_names, source=str(bag_path),
+                student_counts=(lambda: slot.current.train_instances) if slot else None)
             for frame in iter_frames(reader, topics, slop_s=slop_s, stats=stats):
                 if dedup.process(frame, source=str(bag_path)).novel:
                     al.process(frame)

@@ -133,9 +133,16 @@ def test_merge_takes_the_arms_not_run_now_and_checks_the_settings() -> None:
     merged = bench.merge_runs(now, earlier, args)
     assert list(merged) == ["random", "diverse"]
     assert merged["diverse"] is now["diverse"] and merged["random"][0][1]["map"] == 0.2
-    with pytest.raises(SystemExit, match="settings differ: rounds"):
-        bench.merge_runs(now, {**earlier, "settings": {**earlier["settings"], "rounds": 5}},
+    with pytest.raises(SystemExit, match="settings differ: imgsz"):
+        bench.merge_runs(now, {**earlier, "settings": {**earlier["settings"], "imgsz": 5}},
                          args)
+    with pytest.raises(SystemExit, match="settings differ: rounds .the earlier run has fewer"):
+        bench.merge_runs(now, {**earlier, "settings": {**earlier["settings"], "rounds": 0}},
+                         args)
+    # A longer earlier run contributes its first rounds.
+    longer = {"settings": {**earlier["settings"], "rounds": 2},
+              "runs": {"random": {"0": _rounds([24, 48, 72], [0.1, 0.2, 0.25])}}}
+    assert len(bench.merge_runs(now, longer, args)["random"][0]) == 2
     earlier["runs"]["random"]["0"][0]["map"] = 0.5
     with pytest.raises(SystemExit, match="round 0 differs"):
         bench.merge_runs(now, earlier, args)

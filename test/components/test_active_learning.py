@@ -69,6 +69,43 @@ def test_student_blind_to_a_class_is_caught(tmp_path: Path, frames_and_truth) ->
     al.queue.close()
 
 
+def test_queue_ranks_the_class_the_student_has_few_labels_of_first(tmp_path: Path,
+                                                                  frames_and_truth) -> None:
+    """A student blind to red cans and one blind to blue cans make the same number of
+    mistakes on a frame; the one on the class with few training labels ranks higher."""
+    frames, truth = frames_and_truth
+    frame = next(f for f in frames if {"red_can", "blue_can"} <= set(truth(f).names()))
+
+    def blind_to(name: str):
+        def student(f) -> Instances:
+            inst = truth(f)
+            return inst.select(np.array(inst.names()) != name)
+        return student
+
+    counts = {"red_can": 400, "blue_can": 50}  # what the student's manifest says it saw
+    priorities = {}
+    for name in ("red_can", "blue_can"):
+        queue = AnnotationQueue(tmp_path / name)
+        al = ActiveLearningComponent(truth, blind_to(name), queue, truth.class_names,
+                                     student_counts=lambda: counts)
+        result = al.process(frame)
+        missed = result.counts["missed"]
+        priorities[name] = queue.pending()[0].score
+        assert priorities[name] == pytest.approx(missed * (8.0 if name == "blue_can" else 1.0))
+        queue.close()
+    assert priorities["blue_can"] > priorities["red_can"]
+
+
+def test_a_student_without_a_model_yet_counts_every_object_missed(tmp_path: Path,
+                                                                  frames_and_truth) -> None:
+    frames, truth = frames_and_truth
+    al = _component(tmp_path, truth, lambda frame: None)  # an optional slot, nothing published
+    result = al.process(frames[0])
+    assert result.queued and result.counts["missed"] == len(result.teacher)
+    assert al.queue.pending()[0].score == len(result.teacher)  # unweighted: one per object
+    al.queue.close()
+
+
 def test_malformed_set_is_counted(tmp_path: Path, sim_bag: Path, frames_and_truth) -> None:
     _, truth = frames_and_truth
     al = _component(tmp_path, truth, None)

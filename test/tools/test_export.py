@@ -25,6 +25,7 @@ import pytest
 from cv_autolabel.cli import main
 from cv_autolabel.core.instances import Instances
 from cv_autolabel.core.manifest import MANIFEST, verify_manifest
+from cv_autolabel.core.segmenters.yolo_openvino import YoloOpenVINOSegmenter
 from cv_autolabel.errors import ExportError, ModelError
 from cv_autolabel.tools import export as export_mod
 from cv_autolabel.tools.export import (
@@ -34,6 +35,7 @@ from cv_autolabel.tools.export import (
     decide,
     export,
     match_instances,
+    train_instances,
     val_images,
 )
 
@@ -200,9 +202,40 @@ def test_val_images_follow_data_yaml(tmp_path: Path, data_yaml: Path) -> None:
         val_images(tmp_path / "e.yaml")
 
 
+def test_train_instances_count_the_train_labels(tmp_path: Path, data_yaml: Path) -> None:
+    labels = sorted((data_yaml.parent / "labels" / "train").glob("*.txt"))
+    ids = [line.split()[0] for p in labels for line in p.read_text().splitlines()]
+    assert train_instances(data_yaml) == {n: ids.count(str(i)) for i, n in enumerate(NAMES)}
+    # names as a list, an image without a label file (no instances), a foreign class id
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for name in ("a", "b", "c"):
+        (root / "images" / f"{name}.png").write_bytes(b"")
+    (root / "labels" / "a.txt").write_text("1 0 0 1 0 1 1\n1 0 0 1 0 1 1\n")
+    (root / "labels" / "b.txt").write_text("7 0 0 1 0 1 1\n\n")
+    (root / "d.yaml").write_text(f"path: {root}\ntrain: images\nnames: [red_can, blue_can]\n")
+    assert train_instances(root / "d.yaml") == {"red_can": 0, "blue_can": 2}
+    (root / "e.yaml").write_text("train: images\n")  # no names: unknown, not an error
+    assert train_instances(root / "e.yaml") is None
+
+
+def test_the_manifest_reader_ignores_malformed_train_instances(tmp_path: Path) -> None:
+    from cv_autolabel.core.manifest import train_instances as recorded
+
+    assert recorded(tmp_path) is None  # no manifest
+    for value, expected in (({"a": 3}, {"a": 3}), ({"a": -1}, None), ({"a": True}, None),
+                            ([1, 2], None), (None, None)):
+        (tmp_path / MANIFEST).write_text(json.dumps({"files": {}, "train_instances": value}))
+        assert recorded(tmp_path) == expected
+    (tmp_path / MANIFEST).write_text("[not json")
+    assert recorded(tmp_path) is None
+
+
 # -- the whole export, random model, through the CLI --------------------------------------------
 def test_cli_exports_verifies_writes_manifests_and_publishes(
-        cli_export: dict[str, Any], offline: None, capsys: pytest.CaptureFixture[str]) -> None:
+        cli_export: dict[str, Any], data_yaml: Path, offline: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
     assert main(cli_export["argv"]) == 0
     stdout = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(stdout[-1])
@@ -219,6 +252,10 @@ def test_cli_exports_verifies_writes_manifests_and_publishes(
         assert doc["precision"] == precision and doc["map50_95"] == \
             summary["map50_95"][precision]
         assert doc["source_weights"] == summary["source_weights"]
+        assert doc["train_instances"] == summary["train_instances"] == train_instances(data_yaml)
+    # The runtime reads what the model was trained on (the active-learning queue's weights).
+    segmenter = YoloOpenVINOSegmenter(out / "int8")
+    assert segmenter.train_instances == summary["train_instances"]
     # Published: the link now points at int8, still a link; the old model is untouched.
     link = cli_export["link"]
     assert link.is_symlink() and link.resolve() == (out / "int8").resolve()

@@ -44,7 +44,7 @@ import numpy as np
 import yaml
 
 from cv_autolabel.core.instances import Instances
-from cv_autolabel.core.manifest import MANIFEST, verify_manifest
+from cv_autolabel.core.manifest import MANIFEST, train_instances, verify_manifest
 from cv_autolabel.core.segmenters import check_rgb
 from cv_autolabel.errors import ModelError, SegmenterError
 
@@ -213,6 +213,8 @@ class YoloOpenVINOSegmenter:
         self._request = self._compiled.create_infer_request()
         self.name = f"yolo:{self.model_dir.name}"
         self.class_names = self.info.names
+        #: instances per class the model was trained on (its manifest), None if unknown
+        self.train_instances = train_instances(self.model_dir)
         self.timings = SegmentTimings()
 
     @property
