@@ -30,7 +30,10 @@ iters / labelled images); the seed model starts from ``--init`` and later rounds
 arm's previous model. ``--init scratch`` is yolo11n-seg from its config; ``--init pretrained``
 first trains it on other objects of the same world (green, yellow and black cans, boxes,
 balls: never the two target classes), standing in for the COCO weights a user starts from
-(no weights can be downloaded here).
+(no weights can be downloaded here). ``--init stock`` is a later turn of the flywheel: the
+seed model has already learned the cell's usual stock (red cans, from 3 recordings that are
+neither pool nor test, among boxes and balls) and has never seen a labelled blue can, the
+new product.
 
 Run:  .venv/bin/python benchmarks/active_learning/bench_label_efficiency.py
       (one to two hours on a 2-core CPU; ``--quick`` checks the plumbing in a minute).
@@ -276,24 +279,32 @@ def write_dataset(root: Path, frames: Sequence[PoolFrame], test_images: Path,
 
 
 def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
-    """Weights trained on the world's other objects (cached): a stand-in for COCO weights."""
+    """Seed weights (cached). ``--init pretrained``: trained on the world's other objects, a
+    stand-in for COCO weights. ``--init stock``: trained on the usual stock (red cans) with
+    the target class list, so the new product (blue cans) is a class it has no labels of."""
     from cv_autolabel.tools.train import train  # noqa: PLC0415
 
-    out = cache / f"pretrain_{args.width}x{args.height}_{args.imgsz}_{args.pretrain_epochs}"
+    stock = args.init == "stock"
+    out = cache / (f"pretrain{'_stock' if stock else ''}_{args.width}x{args.height}_"
+                   f"{args.imgsz}_{args.pretrain_epochs}")
     weights = out / "run" / "weights" / "last.pt"
     if weights.is_file():
         return str(weights)
     from cv_autolabel.tools.sim.run import SimConfig, simulate  # noqa: PLC0415
 
-    names = ("green_can", "yellow_can", "black_can", "box", "ball")
+    if stock:  # what it learns is red_can, class 0 of the targets; blue_can is never shown
+        names, shown, distractors, seed0 = TARGETS, TARGETS[:1], ("box", "ball"), 4000
+    else:
+        names = ("green_can", "yellow_can", "black_can", "box", "ball")
+        shown, distractors, seed0 = names[:3], names[3:], 3000
     shutil.rmtree(out, ignore_errors=True)
     bags = [out / f"bag{b}" for b in range(3)]
     for b, bag in enumerate(bags):
-        simulate(SimConfig(frames=args.frames, seed=3000 + b, width=args.width,
-                           height=args.height, classes=names[:3], distractors=names[3:]), bag)
+        simulate(SimConfig(frames=args.frames, seed=seed0 + b, width=args.width,
+                           height=args.height, classes=shown, distractors=distractors), bag)
     images = write_yolo_frames(bags, out / "data", names, every=3, prefix="p")
     data = data_yaml(out / "data" / "data.yaml", images, images, names)
-    log(f"pretraining on {len(list(images.iterdir()))} frames of other objects, "
+    log(f"pretraining on {len(list(images.iterdir()))} frames of {', '.join(shown)}, "
         f"{args.pretrain_epochs} epochs ...")
     run = train(data, model="yolo11n-seg.yaml", epochs=args.pretrain_epochs, imgsz=args.imgsz,
                 batch=8, out=out, name="run", seed=0, tracking="none",
@@ -599,8 +610,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--imgsz", type=int, default=320)
-    p.add_argument("--init", choices=["scratch", "pretrained"], default="scratch",
-                   help="seed model: from the config, or pretrained on other objects")
+    p.add_argument("--init", choices=["scratch", "pretrained", "stock"], default="scratch",
+                   help="seed model: from the config, pretrained on other objects, or "
+                        "trained on the usual stock (red cans) but no blue cans")
     p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--scenario", choices=["uniform", "longtail"], default="uniform",
                    help="pool: both classes in every recording, or blue cans (a new product) "
@@ -658,9 +670,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     test_bags = [_sim(args.cache, 2000 + i, args, per_class[(i + 1) % 4])
                  for i in range(args.test_bags)]
     log(f"recordings ready: {len(pool_bags)} pool, {len(test_bags)} test")
-    init = pretrain(args.cache, args, log) if args.init == "pretrained" else "yolo11n-seg.yaml"
+    init = pretrain(args.cache, args, log) if args.init != "scratch" else "yolo11n-seg.yaml"
     suffix = (("_quick" if args.quick else "")
-              + ("_pretrained" if args.init == "pretrained" else "")
+              + ("" if args.init == "scratch" else f"_{args.init}")
               + ("_longtail" if args.scenario == "longtail" else "")
               + ("" if args.pool_bags == p.get_default("pool_bags") or args.quick
                  else f"_pool{args.pool_bags}"))
