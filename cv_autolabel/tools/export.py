@@ -231,7 +231,8 @@ def export(model_pt: Path, data_yaml: Path, *, out: Path | None = None, imgsz: i
     report = verify(fp32_dir, int8_dir, data_yaml, imgsz=imgsz, tolerance=tolerance,
                     samples=samples, work=out / ".work")
     report.update(source_weights=str(model_pt.resolve()), data=str(data_yaml.resolve()),
-                  train_instances=train_instances(data_yaml), out=str(out), published=None,
+                  train_instances=count_train_instances(data_yaml), out=str(out),
+                  published=None,
                   timings_s={"export": round(exported - started, 1),
                              "verify": round(time.perf_counter() - exported, 1)})
     _write_manifests(report, fp32_dir, int8_dir)
@@ -319,7 +320,7 @@ def split_images(data_yaml: Path, split: str) -> list[Path]:
     return images
 
 
-def train_instances(data_yaml: Path) -> dict[str, int] | None:
+def count_train_instances(data_yaml: Path) -> dict[str, int] | None:
     """Instances of each class in the ``train`` split's YOLO label files (ultralytics' layout:
     ``.../images/x.png`` is labelled by ``.../labels/x.txt``), or None when the split or its
     class names cannot be read. The exported model keeps them in its manifest, so the

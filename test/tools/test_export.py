@@ -32,10 +32,10 @@ from cv_autolabel.tools.export import (
     REPORT,
     Agreement,
     agreement,
+    count_train_instances,
     decide,
     export,
     match_instances,
-    train_instances,
     val_images,
 )
 
@@ -205,7 +205,8 @@ def test_val_images_follow_data_yaml(tmp_path: Path, data_yaml: Path) -> None:
 def test_train_instances_count_the_train_labels(tmp_path: Path, data_yaml: Path) -> None:
     labels = sorted((data_yaml.parent / "labels" / "train").glob("*.txt"))
     ids = [line.split()[0] for p in labels for line in p.read_text().splitlines()]
-    assert train_instances(data_yaml) == {n: ids.count(str(i)) for i, n in enumerate(NAMES)}
+    expected = {n: ids.count(str(i)) for i, n in enumerate(NAMES)}
+    assert count_train_instances(data_yaml) == expected
     # names as a list, an image without a label file (no instances), a foreign class id
     root = tmp_path / "d"
     (root / "images").mkdir(parents=True)
@@ -215,9 +216,9 @@ def test_train_instances_count_the_train_labels(tmp_path: Path, data_yaml: Path)
     (root / "labels" / "a.txt").write_text("1 0 0 1 0 1 1\n1 0 0 1 0 1 1\n")
     (root / "labels" / "b.txt").write_text("7 0 0 1 0 1 1\n\n")
     (root / "d.yaml").write_text(f"path: {root}\ntrain: images\nnames: [red_can, blue_can]\n")
-    assert train_instances(root / "d.yaml") == {"red_can": 0, "blue_can": 2}
+    assert count_train_instances(root / "d.yaml") == {"red_can": 0, "blue_can": 2}
     (root / "e.yaml").write_text("train: images\n")  # no names: unknown, not an error
-    assert train_instances(root / "e.yaml") is None
+    assert count_train_instances(root / "e.yaml") is None
 
 
 def test_the_manifest_reader_ignores_malformed_train_instances(tmp_path: Path) -> None:
@@ -252,7 +253,8 @@ def test_cli_exports_verifies_writes_manifests_and_publishes(
         assert doc["precision"] == precision and doc["map50_95"] == \
             summary["map50_95"][precision]
         assert doc["source_weights"] == summary["source_weights"]
-        assert doc["train_instances"] == summary["train_instances"] == train_instances(data_yaml)
+        counted = count_train_instances(data_yaml)
+        assert doc["train_instances"] == summary["train_instances"] == counted
     # The runtime reads what the model was trained on (the active-learning queue's weights).
     segmenter = YoloOpenVINOSegmenter(out / "int8")
     assert segmenter.train_instances == summary["train_instances"]
