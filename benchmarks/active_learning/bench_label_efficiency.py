@@ -33,7 +33,8 @@ balls: never the two target classes), standing in for the COCO weights a user st
 (no weights can be downloaded here). ``--init stock`` is a later turn of the flywheel: the
 seed model has already learned the cell's usual stock (red cans, from 3 recordings that are
 neither pool nor test, among boxes and balls) and has never seen a labelled blue can, the
-new product.
+new product; those earlier labels stay in every round's training set (in every arm), as
+merged dataset versions do in the flywheel, and only the new labels are counted.
 
 Run:  .venv/bin/python benchmarks/active_learning/bench_label_efficiency.py
       (one to two hours on a 2-core CPU; ``--quick`` checks the plumbing in a minute).
@@ -267,15 +268,39 @@ def data_yaml(path: Path, train: Path, val: Path, names: Sequence[str]) -> Path:
 
 
 def write_dataset(root: Path, frames: Sequence[PoolFrame], test_images: Path,
-                  names: Sequence[str]) -> Path:
-    """A YOLO dataset: ``frames`` as train (linked images), the test set as val."""
+                  names: Sequence[str], earlier: Path | None = None) -> Path:
+    """A YOLO dataset: ``frames`` as train (linked images), plus the ``earlier`` images
+    folder's frames and labels when given (an earlier turn's labels); the test set as val."""
     images, labels = root / "images" / "train", root / "labels" / "train"
     images.mkdir(parents=True)
     labels.mkdir(parents=True)
     for f in frames:
         (images / f.image.name).symlink_to(f.image)
         (labels / f"{f.name}.txt").write_text("\n".join(f.label_lines) + "\n")
+    for image in earlier_images(earlier):
+        (images / image.name).symlink_to(image)
+        shutil.copy(image.parent.parent / "labels" / f"{image.stem}.txt", labels)
     return data_yaml(root / "data.yaml", images, test_images, names)
+
+
+def earlier_images(earlier: Path | None) -> list[Path]:
+    """The labelled images of an earlier turn (``root/images`` beside ``root/labels``)."""
+    return [] if earlier is None else sorted(earlier.glob("*.png"))
+
+
+def earlier_counts(earlier: Path | None, names: Sequence[str]) -> dict[str, int]:
+    """Instances of each class in an earlier turn's labels."""
+    ids = [int(line.split()[0]) for image in earlier_images(earlier)
+           for line in (image.parent.parent / "labels" / f"{image.stem}.txt").read_text()
+           .splitlines() if line.strip()]
+    return {c: ids.count(k) for k, c in enumerate(names)}
+
+
+def pretrain_dir(cache: Path, args: argparse.Namespace) -> Path:
+    """Where the seed weights of ``--init pretrained`` or ``stock`` and their data live."""
+    stock = args.init == "stock"
+    return cache / (f"pretrain{'_stock' if stock else ''}_{args.width}x{args.height}_"
+                    f"{args.imgsz}_{args.pretrain_epochs}")
 
 
 def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
@@ -285,8 +310,7 @@ def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
     from cv_autolabel.tools.train import train  # noqa: PLC0415
 
     stock = args.init == "stock"
-    out = cache / (f"pretrain{'_stock' if stock else ''}_{args.width}x{args.height}_"
-                   f"{args.imgsz}_{args.pretrain_epochs}")
+    out = pretrain_dir(cache, args)
     weights = out / "run" / "weights" / "last.pt"
     if weights.is_file():
         return str(weights)
@@ -317,8 +341,9 @@ def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
 
 def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
                 names: Sequence[str], *, init: str, args: argparse.Namespace,
-                seed: int) -> dict[str, Any]:
-    """Train on ``frames`` (from ``init``); return labelled count, test mAP and weights.
+                seed: int, earlier: Path | None = None) -> dict[str, Any]:
+    """Train on ``frames`` (and the ``earlier`` turn's labelled images, if any; from
+    ``init``); return labelled count (new labels only), test mAP and weights.
 
     A round already trained in ``root`` with the same inputs (:func:`round_key`) is read
     back instead (marked ``resumed``): trainings are deterministic per seed, so an
@@ -326,9 +351,10 @@ def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
     """
     from cv_autolabel.tools.train import train  # noqa: PLC0415
 
-    epochs = max(1, round(args.iters / len(frames)))
+    kept = len(earlier_images(earlier))
+    epochs = max(1, round(args.iters / (len(frames) + kept)))
     key = round_key(frames, init, epochs=epochs, imgsz=args.imgsz, seed=seed,
-                    test_images=test_images)
+                    test_images=test_images, **({"earlier": earlier} if kept else {}))
     record = root / "round.json"
     if record.is_file():
         saved = json.loads(record.read_text())
@@ -336,13 +362,14 @@ def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
             return saved["result"] | {"resumed": True}
     if root.exists():
         shutil.rmtree(root)
-    data = write_dataset(root / "data", frames, test_images, names)
+    data = write_dataset(root / "data", frames, test_images, names, earlier)
     started = time.perf_counter()
     run = train(data, model=init, epochs=epochs, imgsz=args.imgsz, batch=8, out=root,
                 name="run", seed=seed, tracking="none", patience=epochs,
                 extra={"val": False})  # validated once, at the end, on the test set
     result = {"labelled": len(frames), "instances": sum(len(f.label_lines) for f in frames),
-            "map": run["metrics"]["mask_map50_95"],
+              "earlier_labelled": kept,
+              "map": run["metrics"]["mask_map50_95"],
             "map50": run["metrics"]["mask_map50"],
             "map_per_class": run["mask_map50_95_per_class"], "epochs": epochs,
             "train_s": round(time.perf_counter() - started, 1),
@@ -419,14 +446,16 @@ def pick(arm: str, scores: dict[int, float], pool: Sequence[PoolFrame], k: int,
 
 def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequence[str],
              work: Path, args: argparse.Namespace, log: Any,
-             init: str = "yolo11n-seg.yaml") -> dict[str, list[dict[str, Any]]]:
+             init: str = "yolo11n-seg.yaml",
+             earlier: Path | None = None) -> dict[str, list[dict[str, Any]]]:
     rng = np.random.default_rng(seed)
     initial = rng.choice(len(pool), args.seed_size, replace=False).tolist()
     log(f"seed {seed}: round 0, {len(initial)} labelled, training from {Path(init).name} ...")
     first = {"picked": [pool[i].name for i in initial],
              "picked_holding": frames_holding([pool[i] for i in initial], names)}
     first |= train_round(work / f"seed{seed}" / "round0", [pool[i] for i in initial],
-                         test_images, names, init=init, args=args, seed=seed)
+                         test_images, names, init=init, args=args, seed=seed,
+                         earlier=earlier)
     log(f"   mask mAP50-95 {first['map']:.3f} {_per_class(first)}{_took(first)}")
     out: dict[str, list[dict[str, Any]]] = {}
     for arm in args.arms:
@@ -442,8 +471,10 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
                 if arm == "balanced":
                     from cv_autolabel.core.selection import class_balance_weights  # noqa: PLC0415
 
+                    counts = labelled_counts([pool[i] for i in labelled], names)
+                    before = earlier_counts(earlier, names)  # train_instances on the robot
                     balance = class_balance_weights(
-                        labelled_counts([pool[i] for i in labelled], names), names)
+                        {c: n + before[c] for c, n in counts.items()}, names)
                 scores = disagreement_scores(rounds[-1]["weights"], pool, rest, names,
                                              work / f"seed{seed}" / arm / f"student{r}",
                                              args.imgsz, balance)
@@ -456,7 +487,8 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
                       "picked_holding": frames_holding([pool[i] for i in picked], names)}
             result |= train_round(work / f"seed{seed}" / arm / f"round{r}",
                                   [pool[i] for i in labelled], test_images, names,
-                                  init=rounds[-1]["weights"], args=args, seed=seed)
+                                  init=rounds[-1]["weights"], args=args, seed=seed,
+                                  earlier=earlier)
             log(f"   {arm} round {r}: {len(labelled)} labelled, mask mAP50-95 "
                 f"{result['map']:.3f} {_per_class(result)}{_took(result)}; picked "
                 + ", ".join(f"{n} {c}" for c, n in result["picked_holding"].items()))
@@ -467,14 +499,16 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
 
 _SAME_SETTINGS = ("seeds", "rounds", "seed_size", "budget", "iters", "pool_bags", "test_bags",
                   "test_every", "frames", "width", "height", "imgsz", "init", "pretrain_epochs",
-                  "scenario", "rare_bags", "quick")
+                  "scenario", "rare_bags", "quick", "keep_earlier")
+#: settings added later, as the runs before them had them
+_OLD_DEFAULTS = {"keep_earlier": False}
 
 
 def check_merge_settings(earlier: dict[str, Any], args: argparse.Namespace) -> None:
     """Raise SystemExit unless ``earlier`` (a results.json) ran with the settings of ``args``."""
     settings = earlier["settings"]
     differ = [k for k in _SAME_SETTINGS if k != "rounds"
-              and settings.get(k, getattr(args, k)) != getattr(args, k)]
+              and settings.get(k, _OLD_DEFAULTS.get(k, getattr(args, k))) != getattr(args, k)]
     if settings.get("rounds", args.rounds) < args.rounds:
         differ.append("rounds (the earlier run has fewer)")
     if differ:
@@ -639,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="train nothing: redraw RESULTS_JSON's plot beside it and print its "
                         "table and verdicts")
     args = p.parse_args(argv)
+    args.keep_earlier = args.init == "stock"  # a later turn trains on the earlier labels too
     if args.report:
         result = json.loads(args.report.read_text())
         png = args.report.with_name(args.report.stem.replace("results", "label_efficiency", 1)
@@ -671,6 +706,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  for i in range(args.test_bags)]
     log(f"recordings ready: {len(pool_bags)} pool, {len(test_bags)} test")
     init = pretrain(args.cache, args, log) if args.init != "scratch" else "yolo11n-seg.yaml"
+    stock_labels = pretrain_dir(args.cache, args) / "data" / "images" if args.keep_earlier else None
     suffix = (("_quick" if args.quick else "")
               + ("" if args.init == "scratch" else f"_{args.init}")
               + ("_longtail" if args.scenario == "longtail" else "")
@@ -692,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in args.arms}
     for seed in args.seeds:
         for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log,
-                                    init).items():
+                                    init, stock_labels).items():
             runs[arm][seed] = rounds
     args.out.mkdir(parents=True, exist_ok=True)
     if earlier is not None:  # keep what was run even if the merge is refused
