@@ -203,3 +203,39 @@ def test_report_redraws_a_results_file_and_prints_its_verdict(
         in out
     assert "| 2 | 72 | 0.300 ± 0.000 | 0.400 ± 0.000 |" in out
     assert (tmp_path / "label_efficiency_pretrained_longtail.png").stat().st_size > 10_000
+
+
+def test_a_later_turn_trains_on_the_earlier_labels_too_but_counts_only_new_ones(
+        tmp_path: Path) -> None:
+    import argparse  # noqa: PLC0415
+
+    earlier = tmp_path / "stock" / "images"
+    earlier.mkdir(parents=True)
+    (tmp_path / "stock" / "labels").mkdir()
+    for name, lines in (("p0_0000", "0 0 0 1 0 1 1\n0 0 0 1 0 1 1\n"), ("p0_0003", "\n")):
+        (earlier / f"{name}.png").write_bytes(b"png")
+        (tmp_path / "stock" / "labels" / f"{name}.txt").write_text(lines)
+    assert bench.earlier_counts(earlier, ("red_can", "blue_can")) == {"red_can": 2,
+                                                                       "blue_can": 0}
+    assert bench.earlier_counts(None, ("red_can",)) == {"red_can": 0}
+
+    image = tmp_path / "b0_0001.png"
+    image.write_bytes(b"png")
+    frame = bench.PoolFrame("b0_0001", image, ["1 0 0 1 0 1 1"], np.zeros((2, 2)), {},
+                            np.zeros(4))
+    bench.write_dataset(tmp_path / "data", [frame], tmp_path / "test", ("red_can", "blue_can"),
+                        earlier)
+    train = tmp_path / "data" / "labels" / "train"
+    assert sorted(p.name for p in train.iterdir()) == ["b0_0001.txt", "p0_0000.txt",
+                                                       "p0_0003.txt"]
+    assert (train / "p0_0000.txt").read_text().count("\n") == 2
+
+    # The earlier labels change what a round trains on, so they are part of its key.
+    plain = bench.round_key([frame], "yolo11n-seg.yaml", epochs=3)
+    assert "earlier" not in plain  # rounds cached before this setting existed still match
+    assert plain != bench.round_key([frame], "yolo11n-seg.yaml", epochs=3, earlier=earlier)
+    # Runs from before the setting did not keep earlier labels: not mergeable with one that does.
+    args = argparse.Namespace(**{k: 1 for k in bench._SAME_SETTINGS} | {"keep_earlier": True})
+    old = {k: 1 for k in bench._SAME_SETTINGS if k != "keep_earlier"}
+    with pytest.raises(SystemExit, match="settings differ: keep_earlier"):
+        bench.check_merge_settings({"settings": old}, args)
