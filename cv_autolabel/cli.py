@@ -438,8 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the ``cv-autolabel`` argument parser with every subcommand."""
     from cv_autolabel.tools.sim.assets import CATALOGUE, DEFAULT_CLASSES, DEFAULT_DISTRACTORS  # noqa: PLC0415
 
-    parser = _Parser(prog="cv-autolabel", description="Offline tools of cv_autolabel: simulate, inspect and extract ROS 2 bags, "
-                     "and run the demo.")
+    parser = _Parser(
+        prog="cv-autolabel",
+        description="The workstation side of cv_autolabel's labelling loop: inspect and "
+                    "extract ROS 2 bags, pre-annotate, import CVAT corrections, prepare, "
+                    "train, export and publish models, and run the demo.",
+        epilog="The loop: flush (on the robot) or preannotate -> CVAT -> import-cvat -> "
+               "prepare -> train -> export --publish -> status. 'cv-autolabel COMMAND -h' "
+               "explains each command.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
@@ -498,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_dedup)
 
-    p = sub.add_parser("replay", help="run the detector over a bag into a new bag",
+    p = sub.add_parser("replay", help="run the detector (or --active-learning: dedup and the queue) over a bag",
                        description=cmd_replay.__doc__)
     p.add_argument("bag", type=Path, metavar="BAG")
     p.add_argument("--out", type=Path, default=None, metavar="OUT_BAG", help="bag to create")
@@ -578,6 +584,30 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("train", help="train a YOLO segmentation model on a data.yaml",
+                       description=cmd_train.__doc__)
+    p.add_argument("data_yaml", type=Path, metavar="DATA_YAML", help="written by 'prepare'")
+    p.add_argument("--model", default="yolo11n-seg.yaml",
+                   help="segmentation config (yolo11n-seg.yaml, yolo26s-seg.yaml, ...) or a "
+                        "local .pt to fine-tune")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patience", type=int, default=20, help="early-stopping patience (epochs)")
+    p.add_argument("--device", default="cpu", help="cpu, 0, cuda:0, ...")
+    p.add_argument("--out", type=Path, default=Path("autolabel_workspace/runs"),
+                   help="runs directory (default: ./autolabel_workspace/runs)")
+    p.add_argument("--name", default=None,
+                   help="run name (default: <dataset version>_<model>_<time>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking", choices=["auto", "clearml", "none"], default="auto",
+                   help="auto: ClearML when configured (or offline with "
+                        "CV_AUTOLABEL_CLEARML_OFFLINE=1), else none")
+    p.add_argument("--dataset-version", default=None,
+                   help="dataset version to record (default: inferred, else none)")
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("export", help="OpenVINO FP32 + verified INT8 export of a trained model",
                        description=cmd_export.__doc__)
     p.add_argument("model", type=Path, metavar="MODEL", help="ultralytics .pt weights")
@@ -606,30 +636,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "model_path in --config, else ~/cv_autolabel_data/models/current)")
     _common(p)
     p.set_defaults(func=cmd_publish)
-
-    p = sub.add_parser("train", help="train a YOLO segmentation model on a data.yaml",
-                       description=cmd_train.__doc__)
-    p.add_argument("data_yaml", type=Path, metavar="DATA_YAML", help="written by 'prepare'")
-    p.add_argument("--model", default="yolo11n-seg.yaml",
-                   help="segmentation config (yolo11n-seg.yaml, yolo26s-seg.yaml, ...) or a "
-                        "local .pt to fine-tune")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--patience", type=int, default=20, help="early-stopping patience (epochs)")
-    p.add_argument("--device", default="cpu", help="cpu, 0, cuda:0, ...")
-    p.add_argument("--out", type=Path, default=Path("autolabel_workspace/runs"),
-                   help="runs directory (default: ./autolabel_workspace/runs)")
-    p.add_argument("--name", default=None,
-                   help="run name (default: <dataset version>_<model>_<time>)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tracking", choices=["auto", "clearml", "none"], default="auto",
-                   help="auto: ClearML when configured (or offline with "
-                        "CV_AUTOLABEL_CLEARML_OFFLINE=1), else none")
-    p.add_argument("--dataset-version", default=None,
-                   help="dataset version to record (default: inferred, else none)")
-    _common(p)
-    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("status", help="table and plot of the flywheel's iterations",
                        description=cmd_status.__doc__)
