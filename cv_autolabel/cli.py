@@ -293,16 +293,21 @@ def cmd_preannotate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_import_cvat(args: argparse.Namespace) -> dict[str, Any]:
-    """Check a CVAT COCO 1.0 export and add it to DATASET as a new dataset version.
+    """Check a CVAT COCO 1.0 export and add it to DATASET as a new dataset version; then,
+    unless --no-merge, merge it with DATASET's newest version into the next one, so the
+    newest version (what 'prepare DATASET' takes) holds every image labelled so far.
 
     Unsafe zips (path traversal, links, zip bombs) are refused whole; malformed annotations
-    and images are dropped one by one and reported."""
+    and images are dropped one by one and reported. An image labelled again keeps its newest
+    labels in the merge."""
     from cv_autolabel.core.cvat_import import load_cvat_zip  # noqa: PLC0415
-    from cv_autolabel.core.dataset import create_version  # noqa: PLC0415
+    from cv_autolabel.core.dataset import (  # noqa: PLC0415
+        create_version, list_versions, merge_versions)
 
     result = load_cvat_zip(args.zip)
     if not result.images:
         raise CvAutolabelError(f"{args.zip} holds no usable image")
+    earlier = list_versions(args.into)
     version = create_version(args.into, result.coco, result.images, source=str(args.zip),
                              class_names=result.class_names)
     report = result.report
@@ -310,10 +315,17 @@ def cmd_import_cvat(args: argparse.Namespace) -> dict[str, Any]:
         warn(f"rejected {rejection}")
     print(f"imported {report.images_accepted} images, {report.annotations_accepted} "
           f"annotations as {version.path} ({len(report.rejections)} rejected)")
+    merged = None
+    if earlier and not args.no_merge:
+        merged = merge_versions(args.into, [earlier[-1], version.path])
+        print(f"merged with {earlier[-1].name} into {merged.path}: "
+              f"{len(merged.manifest['images'])} images")
     return {"version": str(version.path), "images": report.images_accepted,
             "annotations": report.annotations_accepted,
             "rejected": [str(r) for r in report.rejections],
-            "class_names": list(version.class_names)}
+            "class_names": list(version.class_names),
+            "merged": str(merged.path) if merged else None,
+            "merged_images": len(merged.manifest["images"]) if merged else None}
 
 
 def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
@@ -571,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("zip", type=Path, metavar="ZIP")
     p.add_argument("--into", type=Path, required=True, metavar="DATASET",
                    help="dataset root (versions v0001, v0002, ... are created inside)")
+    p.add_argument("--no-merge", action="store_true",
+                   help="only add the batch as a version; do not merge it with the newest "
+                        "one")
     _common(p)
     p.set_defaults(func=cmd_import_cvat)
 

@@ -74,3 +74,27 @@ def test_flush_import_prepare_keeps_every_mask(sim_bag: Path, tmp_path: Path) ->
             truth |= _decode(a, h, w)
     iou = (truth & (drawn > 0)).sum() / (truth | (drawn > 0)).sum()
     assert iou > 0.9
+
+
+def test_a_second_batch_is_merged_so_prepare_trains_on_every_label(sim_bag: Path,
+                                                                     tmp_path: Path) -> None:
+    replay_active_learning(sim_bag, tmp_path / "queue")
+    with AnnotationQueue(tmp_path / "queue") as queue:
+        first = flush(queue, tmp_path / "a.zip", class_names=("red_can", "blue_can"), limit=1)
+        second = flush(queue, tmp_path / "b.zip", class_names=("red_can", "blue_can"))
+    assert first.images == 1 and second.images > 0
+    ds = tmp_path / "ds"
+
+    a = _cli("import-cvat", str(first.zip_path), "--into", str(ds))
+    assert a["version"].endswith("v0001") and a["merged"] is None  # nothing to merge with
+    b = _cli("import-cvat", str(second.zip_path), "--into", str(ds))
+    assert b["version"].endswith("v0002") and b["images"] == second.images
+    assert b["merged"].endswith("v0003") and b["merged_images"] == first.images + second.images
+    summary = _cli("prepare", str(ds), "--out", str(tmp_path / "yolo"))  # the newest: v0003
+    assert sum(s["images"] for s in summary["splits"].values()) == first.images + second.images
+
+    # The same batch again adds no image; --no-merge leaves the newest version the batch.
+    again = _cli("import-cvat", str(second.zip_path), "--into", str(ds))
+    assert again["merged_images"] == first.images + second.images
+    only = _cli("import-cvat", str(first.zip_path), "--into", str(ds), "--no-merge")
+    assert only["merged"] is None and only["version"].endswith("v0006")
