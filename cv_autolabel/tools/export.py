@@ -26,7 +26,8 @@
        verification.json   both mAPs, the drop, the tolerance, agreement, passed + message
 
    Each ``manifest.json`` (see :mod:`cv_autolabel.core.manifest`) carries ``precision``,
-   ``map50_95``, ``source_weights``, ``data`` and ``train_instances`` (instances per class
+   ``map50_95``, ``source_weights``, ``data``, ``dataset_version`` (data.yaml's, as
+   ``prepare`` writes it; None otherwise) and ``train_instances`` (instances per class
    in the train split, which the active-learning node weighs its queue by); the detector
    verifies it before a hot reload, so an INT8 model that failed verification cannot be
    loaded by mistake.
@@ -231,6 +232,7 @@ def export(model_pt: Path, data_yaml: Path, *, out: Path | None = None, imgsz: i
     report = verify(fp32_dir, int8_dir, data_yaml, imgsz=imgsz, tolerance=tolerance,
                     samples=samples, work=out / ".work")
     report.update(source_weights=str(model_pt.resolve()), data=str(data_yaml.resolve()),
+                  dataset_version=_dataset_version(data_yaml),
                   train_instances=count_train_instances(data_yaml), out=str(out),
                   published=None,
                   timings_s={"export": round(exported - started, 1),
@@ -297,11 +299,11 @@ def split_images(data_yaml: Path, split: str) -> list[Path]:
     Raises:
         ExportError: the file is unreadable, has no such entry, or it lists no image.
     """
+    doc = read_data_yaml(data_yaml)
     try:
-        doc = yaml.safe_load(data_yaml.read_text()) or {}
         entries = doc[split]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
-        raise ExportError(f"{data_yaml} has no readable {split} split: {err!r}") from err
+    except KeyError as err:
+        raise ExportError(f"{data_yaml} has no {split} split") from err
     root = Path(doc.get("path") or data_yaml.parent)
     if not root.is_absolute():
         root = data_yaml.parent / root
@@ -320,6 +322,30 @@ def split_images(data_yaml: Path, split: str) -> list[Path]:
     return images
 
 
+def read_data_yaml(data_yaml: Path) -> dict[str, Any]:
+    """The mapping a YOLO ``data.yaml`` holds.
+
+    Raises:
+        ExportError: the file is unreadable or not a YAML mapping.
+    """
+    try:
+        doc = yaml.safe_load(data_yaml.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ExportError(f"cannot read {data_yaml}: {err!r}") from err
+    if not isinstance(doc, dict):
+        raise ExportError(f"{data_yaml} is not a YAML mapping")
+    return doc
+
+
+def _dataset_version(data_yaml: Path) -> str | None:
+    """data.yaml's ``dataset_version`` (``prepare`` writes it), or None."""
+    try:
+        version = read_data_yaml(data_yaml).get("dataset_version")
+    except ExportError:
+        return None
+    return str(version) if version else None
+
+
 def count_train_instances(data_yaml: Path) -> dict[str, int] | None:
     """Instances of each class in the ``train`` split's YOLO label files (ultralytics' layout:
     ``.../images/x.png`` is labelled by ``.../labels/x.txt``), or None when the split or its
@@ -327,11 +353,11 @@ def count_train_instances(data_yaml: Path) -> dict[str, int] | None:
     active-learning node knows which classes its student has seen few labels of.
     """
     try:
-        names = (yaml.safe_load(data_yaml.read_text()) or {})["names"]
+        names = read_data_yaml(data_yaml)["names"]
         names = ([str(n) for n in names] if isinstance(names, list)
                  else [str(names[k]) for k in sorted(names, key=int)])
         images = split_images(data_yaml, "train")
-    except (ExportError, OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+    except (ExportError, KeyError, TypeError, ValueError):
         return None
     counts = dict.fromkeys(names, 0)
     for image in images:
@@ -507,7 +533,8 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 def _write_manifests(report: dict[str, Any], fp32_dir: Path, int8_dir: Path) -> None:
     common = {"source_weights": report["source_weights"], "data": report["data"],
-              "imgsz": report["imgsz"], "train_instances": report["train_instances"]}
+              "dataset_version": report["dataset_version"], "imgsz": report["imgsz"],
+              "train_instances": report["train_instances"]}
     write_manifest(fp32_dir, precision="fp32", map50_95=report["map50_95"]["fp32"], **common)
     if report["passed"]:  # a failed INT8 model gets none, so no detector will load it
         write_manifest(int8_dir, precision="int8", map50_95=report["map50_95"]["int8"],

@@ -76,8 +76,8 @@ def train(data_yaml: Path, *, model: str = "yolo11n-seg.yaml", epochs: int = 50,
         tracking: ``auto``, ``clearml`` or ``none`` (see the module docstring).
         patience: early-stopping patience in epochs.
         device: torch device for ultralytics (``cpu``, ``0``, ``cuda:0``).
-        dataset_version: recorded version; default from data.yaml's ``dataset_version`` key or
-            a ``prepare_summary.json`` (``version``) beside it, else None.
+        dataset_version: recorded version; default from data.yaml's ``dataset_version`` key
+            (``prepare`` writes it), else None.
         extra: further ultralytics train arguments (they win over the ones above, except
             ``data``, ``project``, ``name`` and ``exist_ok``).
 
@@ -154,19 +154,8 @@ def _data_root(data_yaml: Path, path: Any) -> Path:
 
 
 def infer_dataset_version(data_yaml: Path, data: dict[str, Any]) -> str | None:
-    """Return the dataset version of a data.yaml, or None when nothing records it.
-
-    Looks at the yaml's ``dataset_version`` key, then at ``version`` in a
-    ``prepare_summary.json`` beside it (``cv-autolabel prepare --json`` output saved there).
-    """
-    if data.get("dataset_version"):
-        return str(data["dataset_version"])
-    summary = data_yaml.parent / "prepare_summary.json"
-    try:
-        version = json.loads(summary.read_text()).get("version")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(version) if version else None
+    """Return the ``dataset_version`` key of a data.yaml (``prepare`` writes it), or None."""
+    return str(data["dataset_version"]) if data.get("dataset_version") else None
 
 
 def load_model(model: str) -> Any:

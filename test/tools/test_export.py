@@ -83,7 +83,8 @@ def write_shapes_dataset(root: Path, n: int = 24, seed: int = 0) -> Path:
         (root / "labels" / "train" / f"{i:04d}.txt").write_text("\n".join(lines) + "\n")
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(NAMES))
     data = root / "data.yaml"
-    data.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames:\n{names}")
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames:\n{names}"
+                    "dataset_version: v0003\n")
     return data
 
 
@@ -198,7 +199,7 @@ def test_val_images_follow_data_yaml(tmp_path: Path, data_yaml: Path) -> None:
     (tmp_path / "d.yaml").write_text(f"path: {tmp_path}\nval: val.txt\n")
     assert val_images(tmp_path / "d.yaml") == [val_images(data_yaml)[3]]
     (tmp_path / "e.yaml").write_text("train: x\n")
-    with pytest.raises(ExportError, match="no readable val split"):
+    with pytest.raises(ExportError, match="has no val split"):
         val_images(tmp_path / "e.yaml")
 
 
@@ -253,6 +254,7 @@ def test_cli_exports_verifies_writes_manifests_and_publishes(
         assert doc["precision"] == precision and doc["map50_95"] == \
             summary["map50_95"][precision]
         assert doc["source_weights"] == summary["source_weights"]
+        assert doc["dataset_version"] == summary["dataset_version"] == "v0003"
         counted = count_train_instances(data_yaml)
         assert doc["train_instances"] == summary["train_instances"] == counted
     # The runtime reads what the model was trained on (the active-learning queue's weights).
@@ -322,7 +324,7 @@ def test_failed_verification_keeps_fp32_and_the_report_and_does_not_publish(
 @pytest.mark.parametrize(("setup", "message"), [
     ("no_pt", "error: no model weights at .*missing.pt"),
     ("no_data", "error: no dataset description at .*missing.yaml"),
-    ("no_val", "error: .*no readable val split"),
+    ("no_val", "error: .*has no val split"),
     ("busy_out", "error: output directory .* exists and is not empty"),
     ("publish_dir", "error: cannot publish: .* exists and is not a symlink"),
     ("bad_imgsz", "error: imgsz must be a positive multiple of 32, got 100"),

@@ -62,7 +62,6 @@ def data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 mask, ann_id=len(coco["annotations"]) + 1, image_id=i + 1, category_id=cat))
     version = create_version(root / "dataset", coco, images, source="test")
     summary = prepare(version.path, root / "yolo")
-    (root / "yolo" / "prepare_summary.json").write_text(json.dumps(summary))
     return Path(summary["data_yaml"])
 
 
@@ -101,7 +100,7 @@ def test_run_is_recorded(run: dict[str, Any], data_yaml: Path) -> None:
     assert Path(summary["last_weights"]).is_file() and Path(summary["best_weights"]).is_file()
     record = json.loads((run_dir / RUN_FILE).read_text())
     assert record == json.loads(json.dumps(summary, default=str))
-    assert record["dataset_version"] == "v0001"  # from prepare_summary.json
+    assert record["dataset_version"] == "v0001"  # from data.yaml, as prepare wrote it
     assert record["data_yaml"] == str(data_yaml)
     assert record["model"] == "yolo11n-seg.yaml"
     assert record["epochs_completed"] == 1
