@@ -292,6 +292,12 @@ def cmd_preannotate(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _listing(names: Sequence[str], shown: int = 5) -> str:
+    """The first ``shown`` names, then how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def cmd_import_cvat(args: argparse.Namespace) -> dict[str, Any]:
     """Check a CVAT COCO 1.0 export and add it to DATASET as a new dataset version; then,
     unless --no-merge, merge it with DATASET's newest version into the next one, so the
@@ -313,6 +319,14 @@ def cmd_import_cvat(args: argparse.Namespace) -> dict[str, Any]:
     report = result.report
     for rejection in report.rejections:
         warn(f"rejected {rejection}")
+    if report.unlabelled_images:
+        warn(f"{len(report.unlabelled_images)} image(s) lost every annotation and are kept "
+             f"as unlabelled (background) images, which teaches a model they hold nothing: "
+             f"{_listing(report.unlabelled_images)}; fix them in CVAT and import again")
+    if report.unreferenced_images or report.ignored_members:
+        warn(f"ignored {len(report.unreferenced_images)} image(s) no annotation file lists "
+             f"and {len(report.ignored_members)} other member(s): "
+             f"{_listing(report.unreferenced_images + report.ignored_members)}")
     print(f"imported {report.images_accepted} images, {report.annotations_accepted} "
           f"annotations as {version.path} ({len(report.rejections)} rejected)")
     merged = None
@@ -323,6 +337,8 @@ def cmd_import_cvat(args: argparse.Namespace) -> dict[str, Any]:
     return {"version": str(version.path), "images": report.images_accepted,
             "annotations": report.annotations_accepted,
             "rejected": [str(r) for r in report.rejections],
+            "unlabelled_images": report.unlabelled_images,
+            "ignored": report.unreferenced_images + report.ignored_members,
             "class_names": list(version.class_names),
             "merged": str(merged.path) if merged else None,
             "merged_images": len(merged.manifest["images"]) if merged else None}

@@ -17,7 +17,7 @@ Split algorithm (deterministic for a version and a seed):
    are dealt one by one to the split with the most room left, ``ratio * total_images -
    images_so_far`` (ties: train, val, test). This aims at the ratios by image count.
 3. Repair: while some class is absent from val or test (ratio > 0), move into that split the
-   smallest group holding the class whose removal leaves its current split without none of
+   smallest group holding the class whose removal leaves its current split with all of
    the classes it had (ties by shuffled order). Every move adds a (class, split) presence and
    removes none, so the repair terminates; a class in too few groups stays missing, with a
    warning. Moves favour coverage over ratios: a split may end up larger than its share.

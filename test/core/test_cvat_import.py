@@ -299,6 +299,22 @@ def test_image_with_only_bad_annotations_stays_unlabelled(tmp_path: Path) -> Non
     assert result.report.unlabelled_images == ["b.png"]
 
 
+def test_the_cli_warns_that_an_image_which_lost_every_annotation_looks_empty(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cv_autolabel.cli import main  # noqa: PLC0415
+
+    dataset = base_dataset()
+    dataset["annotations"][2]["category_id"] = 9
+    files = {**base_files(), "README.txt": b"hi"}
+    zip_path = write_zip(tmp_path / "z.zip", dataset, files)
+    assert main(["import-cvat", str(zip_path), "--into", str(tmp_path / "ds"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 image(s) lost every annotation" in err and "b.png" in err
+    assert "1 other member(s): README.txt" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["unlabelled_images"] == ["b.png"] and summary["ignored"] == ["README.txt"]
+
+
 def test_small_overshoot_is_clipped(tmp_path: Path) -> None:
     dataset = base_dataset()
     dataset["annotations"][0].update(
