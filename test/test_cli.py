@@ -107,6 +107,12 @@ def test_demo_runs_the_flywheel_end_to_end(tmp_path: Path) -> None:
     assert all(it["map"] is not None and it["disagreement"] is not None for it in items)
     assert (tmp_path / "ws" / "dataset" / "v0001" / "manifest.json").exists()
     assert Path(summary["plot"]).is_file()
+    # Replays name the weights their student was exported from, wherever it was copied to.
+    replays = [json.loads(line) for line in
+               (tmp_path / "ws" / "replays.jsonl").read_text().splitlines()]
+    students = [r for r in replays if r["student"]]
+    assert students and all(
+        Path(r["student_weights"]).is_relative_to(tmp_path / "ws" / "runs") for r in students)
     status = subprocess.run([sys.executable, "-m", "cv_autolabel.cli", "status", "--workspace",
                              str(tmp_path / "ws"), "--json"], capture_output=True, text=True,
                             check=False)

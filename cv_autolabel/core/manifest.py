@@ -67,15 +67,22 @@ def _check_file(path: Path, want: dict[str, Any]) -> None:
         raise ModelError(f"{path} does not match its manifest checksum")
 
 
+def read_manifest(model_dir: Path) -> dict[str, Any] | None:
+    """A model directory's manifest as recorded, or None when it is missing or unreadable.
+    Only read, not verified: loading verifies (:func:`verify_manifest`)."""
+    try:
+        doc = json.loads((Path(model_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def train_instances(model_dir: Path) -> dict[str, int] | None:
     """The ``train_instances`` a model's manifest records (instances per class in the split
     it was trained on; ``cv-autolabel export`` writes them), or None when the manifest is
-    missing, unreadable or has none. Only read, not verified: loading verifies.
+    missing, unreadable or has none.
     """
-    try:
-        counts = json.loads((model_dir / MANIFEST).read_text()).get("train_instances")
-    except (OSError, ValueError, AttributeError):
-        return None
+    counts = (read_manifest(model_dir) or {}).get("train_instances")
     if not isinstance(counts, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
         return None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cv_autolabel.components.detector import OUTPUT_TYPES, DetectorComponent
+from cv_autolabel.core.manifest import read_manifest
 from cv_autolabel.core.model_slot import ModelSlot
 from cv_autolabel.errors import CvAutolabelError
 from cv_autolabel.ros.bag import BagReader, BagWriter
@@ -123,8 +124,11 @@ def replay_active_learning(bag_path: Path, queue_dir: Path, *, teacher: str = "g
         dedup.close_all()
     if damage and warn:
         warn(f"bag {bag_path} is damaged; replayed the readable prefix: {damage}")
+    # The weights the student was exported from: a published copy still names its run.
+    weights = (read_manifest(model) or {}).get("source_weights") if model else None
     result = {"bag": str(bag_path), "queue": str(queue_dir), "teacher": teacher,
-              "student": str(model.resolve()) if model else None, "frames_in": stats.frames,
+              "student": str(model.resolve()) if model else None,
+              "student_weights": weights, "frames_in": stats.frames,
               "novel": dedup.stats.novel, **summary,
               "seconds": round(time.perf_counter() - started, 2)}
     if workspace is not None:  # the disagreement rate `cv-autolabel status` reports

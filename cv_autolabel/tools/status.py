@@ -28,6 +28,7 @@ def record_replay(workspace: Path, summary: dict[str, Any]) -> None:
     """Append an active-learning replay's disagreement rate to the workspace ledger."""
     workspace.mkdir(parents=True, exist_ok=True)
     entry = {"time": time.time(), "student": summary.get("student"),
+             "student_weights": summary.get("student_weights"),
              "disagreement_rate": summary.get("disagreement_rate"),
              "mean_score": summary.get("mean_score"),
              "frames": summary.get("frames"), "queued": summary.get("queued")}
@@ -64,8 +65,10 @@ def _replays(workspace: Path) -> list[dict[str, Any]]:
 def _iteration(index: int, run: dict[str, Any], replays: list[dict[str, Any]]) -> dict[str, Any]:
     weights = str(run.get("best_weights") or "")
     model_dir = str(Path(weights).parent.parent) if weights else ""
-    mine = [r for r in replays if r.get("student") and model_dir and
-            str(r["student"]).startswith(model_dir)]
+    # A replay belongs to the run whose directory holds its model, or the weights that
+    # model was exported from (a published copy elsewhere, e.g. on the robot).
+    mine = [r for r in replays if model_dir and any(
+        r.get(k) and Path(r[k]).is_relative_to(model_dir) for k in ("student_weights", "student"))]
     metrics = run.get("metrics") or {}
     labelled = run.get("labelled_images")
     if labelled is None and run.get("data_yaml"):

@@ -41,6 +41,16 @@ def test_iterations_oldest_first_with_disagreement(tmp_path: Path) -> None:
     assert items[0]["disagreement_rate"] is None and items[1]["disagreement_rate"] == 0.4
 
 
+def test_a_replay_of_a_published_copy_counts_for_the_run_it_came_from(tmp_path: Path) -> None:
+    _run(tmp_path, "it1", 20, 0.10)
+    run = _run(tmp_path, "it12", 20, 0.10)  # "it1" is a prefix of its name, not its parent
+    record_replay(tmp_path, {"student": "/robot/models/v0001", "disagreement_rate": 0.3,
+                             "student_weights": str(run / "weights" / "best.pt")})
+    by_name = {Path(it["model"]).parent.parent.name: it for it in iterations(tmp_path)}
+    assert by_name["it12"]["disagreement_rate"] == 0.3
+    assert by_name["it1"]["disagreement_rate"] is None
+
+
 def test_status_cli_json_and_plot(tmp_path: Path) -> None:
     _run(tmp_path, "it1", 10, 0.2)
     result = subprocess.run([sys.executable, "-m", "cv_autolabel.cli", "status", "--workspace",
