@@ -2,8 +2,9 @@
 
 Subscribes (relative; the dedup node in the same namespace publishes them):
 ``novel/color/image_raw``, ``novel/depth/image_raw``, ``novel/color/camera_info``, paired
-exactly by stamp (ApproximateTimeSynchronizer, reliable QoS). With ``teacher: groundtruth``
-also the synthetic bag's ``/sim/ground_truth/instance_labels`` and ``/instances``.
+as the dedup node paired them (ApproximateTimeSynchronizer with ``camera.sync_slop_s``: the
+dedup node republishes each set with its original stamps; reliable QoS). With
+``teacher: groundtruth`` also the synthetic bag's ``/sim/ground_truth/instance_labels`` and ``/instances``.
 Publishes ``~/statistics`` (std_msgs/String JSON). Serves ``~/flush`` (std_srvs/Trigger):
 write the pending frames (at most ``flush_limit``, the best of each look-alike cluster with
 ``flush_diverse``) to a CVAT-ready COCO zip in ``<data_dir>/exports`` (and, with
@@ -39,7 +40,8 @@ from cv_autolabel.core.annotation_queue import AnnotationQueue
 from cv_autolabel.core.disagreement import DisagreementConfig
 from cv_autolabel.core.model_slot import DEFAULT_MODEL_LINK, ModelSlot
 from cv_autolabel.core.teachers.sam3 import default_prompt
-from cv_autolabel.nodes.common import InboxWorker, run_node, slow_callbacks
+from cv_autolabel.nodes.common import (COMMON_PARAMETERS, InboxWorker, declare_read_only,
+                                       inbox_size, run_node, slow_callbacks)
 from cv_autolabel.ros import topics as T
 from cv_autolabel.ros.ground_truth import GroundTruth, GroundTruthSegmenter
 
@@ -52,7 +54,7 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "student_model": (DEFAULT_MODEL_LINK, _P(
         description="OpenVINO export of the student; missing = no student yet")),
     "watch_period_s": (2.0, _P(
-        description="How often student_model is checked for a new model (0 = never)",
+        description="How often student_model is checked for a new model (0.0 = never)",
         floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)])),
     "disagreement.threshold": (0.25, _P(description="Queue a frame at or above this score",
                                floating_point_range=[FloatingPointRange(
@@ -60,8 +62,7 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "max_entries": (5000, _P(description="Queue bound (lowest-priority pending entry dropped)",
                              integer_range=[IntegerRange(from_value=1, to_value=10**7,
                                                          step=1)])),
-    "queue_size": (8, _P(description="Novel frames waiting for the teacher; oldest dropped")),
-    "statistics_period_s": (5.0, _P(description="Period of ~/statistics")),
+    "queue_size": inbox_size(8),
     "review_images": (True, _P(description="Write student|teacher review images of each "
                                            "flushed frame to exports/<batch>_review/")),
     "flush_limit": (0, _P(description="Frames per ~/flush batch, highest priority first; 0 = all "
@@ -69,6 +70,7 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                                           from_value=0, to_value=10**7, step=1)])),
     "flush_diverse": (False, _P(description="With flush_limit: the best frame of each cluster "
                                            "of similar-looking frames, not the top priorities")),
+    **COMMON_PARAMETERS,
 }
 
 
@@ -77,13 +79,11 @@ class ActiveLearningNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("active_learning_node", **kwargs)
-        for name, (default, descriptor) in _PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
-        p = {name: self.get_parameter(name).value for name in _PARAMETERS}
+        p = declare_read_only(self, _PARAMETERS)
         classes = tuple(p["classes"])
-        for c in classes:  # one prompt list per configured class
-            self.declare_parameter(f"prompts.{c}", [default_prompt(c)],
-                                   _P(description=f"SAM3 text prompts for {c}"))
+        declare_read_only(self, {  # one prompt list per configured class
+            f"prompts.{c}": ([default_prompt(c)], _P(description=f"SAM3 text prompts for {c}"))
+            for c in classes})
         data = Path(str(p["data_dir"])).expanduser()
         self.export_dir = data / "exports"
         self.review = bool(p["review_images"])
@@ -114,7 +114,8 @@ class ActiveLearningNode(Node):
                 message_filters.Subscriber(self, Image, "novel/depth/image_raw", qos_profile=qos),
                 message_filters.Subscriber(self, CameraInfo, "novel/color/camera_info",
                                            qos_profile=qos)]
-        self._sync = message_filters.ApproximateTimeSynchronizer(subs, 10, 0.001)
+        self._sync = message_filters.ApproximateTimeSynchronizer(
+            subs, int(p["camera.sync_queue_size"]), float(p["camera.sync_slop_s"]))
         self._sync.registerCallback(self._worker.put)
         self._subs = subs
         self._stats_pub = self.create_publisher(String, "~/statistics", qos)

@@ -1,16 +1,57 @@
-"""What every cv_autolabel node shares: the worker behind a drop-oldest inbox, and main()."""
+"""What every cv_autolabel node shares: its common parameters and how they are declared, the
+worker behind a drop-oldest inbox, and main()."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
 from cv_autolabel.core.workqueue import DropOldestQueue
+
+
+#: name -> (default, descriptor) of a node parameter.
+Parameters = Mapping[str, tuple[Any, ParameterDescriptor]]
+
+
+def inbox_size(default: int) -> tuple[int, ParameterDescriptor]:
+    """The ``queue_size`` parameter: frame sets waiting for a node's worker."""
+    return default, ParameterDescriptor(
+        description="Frame sets waiting for the worker; the oldest is dropped beyond this",
+        integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])
+
+
+#: What every node reads alike: how its camera inputs are paired, how often it reports.
+COMMON_PARAMETERS: Parameters = {
+    "camera.sync_queue_size": (10, ParameterDescriptor(
+        description="ApproximateTimeSynchronizer queue size",
+        integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])),
+    "camera.sync_slop_s": (0.05, ParameterDescriptor(
+        description="ApproximateTimeSynchronizer slop (s): colour, depth and camera_info "
+                    "stamped at most this far apart are one frame set",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=10.0, step=0.0)])),
+    "statistics_period_s": (5.0, ParameterDescriptor(
+        description="Period of ~/statistics (s)",
+        floating_point_range=[FloatingPointRange(from_value=0.1, to_value=3600.0, step=0.0)])),
+}
+
+
+def declare_read_only(node: Any, parameters: Parameters) -> dict[str, Any]:
+    """Declare ``parameters`` on ``node`` as read-only and return their values.
+
+    The nodes read their parameters once, at start-up; read-only makes ``ros2 param set``
+    refuse a change it would otherwise accept and ignore. The values still come from the
+    parameter file and launch overrides.
+    """
+    for name, (default, descriptor) in parameters.items():
+        descriptor.read_only = True
+        node.declare_parameter(name, default, descriptor)
+    return {name: node.get_parameter(name).value for name in parameters}
 
 
 class InboxWorker:

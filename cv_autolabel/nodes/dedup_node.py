@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 import message_filters
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -29,7 +29,8 @@ from cv_autolabel.components.dedup import (
     NOVEL_COLOR, NOVEL_DEPTH, NOVEL_INFO, DedupComponent,
 )
 from cv_autolabel.core.dedup import DedupSettings, open_deduplicator
-from cv_autolabel.nodes.common import InboxWorker, run_node
+from cv_autolabel.nodes.common import (COMMON_PARAMETERS, InboxWorker, declare_read_only,
+                                       inbox_size, run_node)
 from cv_autolabel.ros.factory import RclpyMessageFactory
 
 _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
@@ -48,18 +49,8 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
         floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)])),
     "use_depth": (True, ParameterDescriptor(
         description="Subscribe to aligned depth and camera_info and store them too")),
-    "queue_size": (4, ParameterDescriptor(
-        description="Frame sets waiting for the worker; the oldest is dropped beyond this",
-        integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])),
-    "camera.sync_queue_size": (10, ParameterDescriptor(
-        description="ApproximateTimeSynchronizer queue size",
-        integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])),
-    "camera.sync_slop_s": (0.05, ParameterDescriptor(
-        description="ApproximateTimeSynchronizer slop (s)",
-        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=10.0, step=0.0)])),
-    "statistics_period_s": (5.0, ParameterDescriptor(
-        description="Period of ~/statistics",
-        floating_point_range=[FloatingPointRange(from_value=0.1, to_value=3600.0, step=0.0)])),
+    "queue_size": inbox_size(4),
+    **COMMON_PARAMETERS,
 }
 
 
@@ -68,9 +59,7 @@ class DedupNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("dedup_node", **kwargs)
-        for name, (default, descriptor) in _PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
-        params = {name: self.get_parameter(name).value for name in _PARAMETERS}
+        params = declare_read_only(self, _PARAMETERS)
         settings = DedupSettings.from_params(params)
         reliable = QoSProfile(depth=10)
         self._pubs = {

@@ -36,7 +36,8 @@ from cv_autolabel.components.detector import (
 )
 from cv_autolabel.core.model_slot import DEFAULT_MODEL_LINK, ModelSlot
 from cv_autolabel.core.segmenters import create_segmenter
-from cv_autolabel.nodes.common import InboxWorker, run_node, slow_callbacks
+from cv_autolabel.nodes.common import (COMMON_PARAMETERS, InboxWorker, declare_read_only,
+                                       run_node, slow_callbacks)
 from cv_autolabel.ros.factory import RclpyMessageFactory
 
 _UNIT = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
@@ -46,14 +47,12 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "require_manifest": (True, ParameterDescriptor(
         description="Refuse models whose manifest.json checksums do not match")),
     "watch_period_s": (2.0, ParameterDescriptor(
-        description="How often model_path is checked for a new model (0 = never)",
+        description="How often model_path is checked for a new model (0.0 = never)",
         floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)])),
     "conf": (0.25, ParameterDescriptor(description="Minimum score", floating_point_range=_UNIT)),
     "iou": (0.7, ParameterDescriptor(description="NMS IoU", floating_point_range=_UNIT)),
     "debug_image": (True, ParameterDescriptor(description="Publish the overlay image")),
-    "camera.sync_queue_size": (10, ParameterDescriptor(description="Sync queue size")),
-    "camera.sync_slop_s": (0.05, ParameterDescriptor(description="Sync slop (s)")),
-    "statistics_period_s": (5.0, ParameterDescriptor(description="Period of ~/statistics")),
+    **COMMON_PARAMETERS,
 }
 _OUTPUTS = {DETECTIONS_3D: Detection3DArray, DETECTIONS_2D: Detection2DArray,
             MARKERS: MarkerArray, DEBUG_IMAGE: Image}
@@ -64,9 +63,7 @@ class DetectorNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("detector_node", **kwargs)
-        for name, (default, descriptor) in _PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
-        p = {name: self.get_parameter(name).value for name in _PARAMETERS}
+        p = declare_read_only(self, _PARAMETERS)
         conf, iou = float(p["conf"]), float(p["iou"])
         self.slot = ModelSlot(
             Path(str(p["model_path"])).expanduser(),
