@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cv_autolabel import __version__
-from cv_autolabel.config import camera_topics, load_parameters
+from cv_autolabel.config import NAMESPACE, camera_topics, load_parameters
 from cv_autolabel.errors import CvAutolabelError
 
 EXIT_ERROR = 1
@@ -548,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where `status` finds iterations (the replay's disagreement rate)")
     p.add_argument("--segmenter", choices=["yolo", "gt"], default="yolo",
                    help="yolo: --model; gt: the synthetic bag's ground-truth masks")
-    p.add_argument("--namespace", default="/detector", help="prefix of the output topics")
+    p.add_argument("--namespace", default="/" + NAMESPACE,
+                   help="prefix of the output topics (default: the live detector's, "
+                        "/cv_autolabel, so one RViz set-up serves both)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     p.add_argument("--no-debug-image", action="store_true", help="skip the overlay image")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_BAG if it exists")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cv_autolabel.components.detector import OUTPUT_TYPES, DetectorComponent
+from cv_autolabel.config import NAMESPACE
 from cv_autolabel.core.manifest import read_manifest
 from cv_autolabel.core.model_slot import ModelSlot
 from cv_autolabel.errors import CvAutolabelError
@@ -53,7 +54,7 @@ def yolo_slot(model: Path, *, conf: float = 0.25) -> ModelSlot:
 
 def replay(bag_path: Path, out: Path, *, segmenter: str = "yolo", model: Path | None = None,
            topics: CameraTopics = CameraTopics(), slop_s: float = 0.05,
-           namespace: str = "/detector", storage: str = "mcap", overwrite: bool = False,
+           namespace: str = "/" + NAMESPACE, storage: str = "mcap", overwrite: bool = False,
            debug_image: bool = True, progress: Callable[[int], None] | None = None,
            warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the detector over ``bag_path`` and write its outputs to the new bag ``out``."""

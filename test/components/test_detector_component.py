@@ -91,14 +91,14 @@ def test_replay_writes_a_readable_bag_in_recorded_order(sim_bag: Path, tmp_path:
         topics = bag.topics
         msgs = list(bag.messages())
     assert {t: n for t, (_, n) in topics.items()} == {
-        f"/detector/{k}": 16 for k in (DETECTIONS_3D, DETECTIONS_2D, MARKERS, DEBUG_IMAGE)}
+        f"/cv_autolabel/{k}": 16 for k in (DETECTIONS_3D, DETECTIONS_2D, MARKERS, DEBUG_IMAGE)}
     times = [m.log_time_ns for m in msgs]
     assert times == sorted(times)
     with BagReader(sim_bag) as bag:
         colour_stamps = [stamp_to_nanoseconds(m.msg.header.stamp)
                          for m in bag.messages([T.COLOR_IMAGE])]
     out_stamps = [stamp_to_nanoseconds(m.msg.header.stamp) for m in msgs
-                  if m.topic == "/detector/detections_3d"]
+                  if m.topic == "/cv_autolabel/detections_3d"]
     assert out_stamps == colour_stamps
 
 

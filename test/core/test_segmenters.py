@@ -491,4 +491,4 @@ def test_replay_with_a_real_export_writes_detections(random_exports, sim_bag: Pa
     assert summary["sets"] == 16 and summary["rejected"] == {}
     assert summary["objects"] > 0  # the calibrated random network finds instances
     with BagReader(tmp_path / "out") as bag:
-        assert bag.topics["/detector/detections_2d"][1] == 16
+        assert bag.topics["/cv_autolabel/detections_2d"][1] == 16
