@@ -3,8 +3,9 @@
 Subscribes (relative; the dedup node in the same namespace publishes them):
 ``novel/color/image_raw``, ``novel/depth/image_raw``, ``novel/color/camera_info``, paired
 as the dedup node paired them (ApproximateTimeSynchronizer with ``camera.sync_slop_s``: the
-dedup node republishes each set with its original stamps; reliable QoS). With
-``teacher: groundtruth`` also the synthetic bag's ``/sim/ground_truth/instance_labels`` and ``/instances``.
+dedup node republishes each set with its original stamps; reliable QoS; colour only with
+``use_depth: false``, which the dedup node reads too). With ``teacher: groundtruth`` also
+the synthetic bag's ``/sim/ground_truth/instance_labels`` and ``/instances``.
 Publishes ``~/statistics`` (std_msgs/String JSON). Serves ``~/flush`` (std_srvs/Trigger):
 write the pending frames (at most ``flush_limit``, the best of each look-alike cluster with
 ``flush_diverse``) to a CVAT-ready COCO zip in ``<data_dir>/exports`` (and, with
@@ -27,11 +28,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import message_filters
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
@@ -40,8 +40,9 @@ from cv_autolabel.core.annotation_queue import AnnotationQueue
 from cv_autolabel.core.disagreement import DisagreementConfig
 from cv_autolabel.core.model_slot import DEFAULT_MODEL_LINK, ModelSlot
 from cv_autolabel.core.teachers.sam3 import default_prompt
-from cv_autolabel.nodes.common import (COMMON_PARAMETERS, InboxWorker, declare_read_only,
-                                       inbox_size, run_node, slow_callbacks)
+from cv_autolabel.nodes.common import (COMMON_PARAMETERS, USE_DEPTH, InboxWorker,
+                                       declare_read_only, inbox_size, run_node, slow_callbacks,
+                                       subscribe_frame_sets)
 from cv_autolabel.ros import topics as T
 from cv_autolabel.ros.ground_truth import GroundTruth, GroundTruthSegmenter
 
@@ -70,6 +71,7 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                                           from_value=0, to_value=10**7, step=1)])),
     "flush_diverse": (False, _P(description="With flush_limit: the best frame of each cluster "
                                            "of similar-looking frames, not the top priorities")),
+    **USE_DEPTH,
     **COMMON_PARAMETERS,
 }
 
@@ -110,14 +112,9 @@ class ActiveLearningNode(Node):
         self._worker = InboxWorker(int(p["queue_size"]), self.component.on_messages,
                                    "active-learning")
         qos = QoSProfile(depth=10)
-        subs = [message_filters.Subscriber(self, Image, "novel/color/image_raw", qos_profile=qos),
-                message_filters.Subscriber(self, Image, "novel/depth/image_raw", qos_profile=qos),
-                message_filters.Subscriber(self, CameraInfo, "novel/color/camera_info",
-                                           qos_profile=qos)]
-        self._sync = message_filters.ApproximateTimeSynchronizer(
-            subs, int(p["camera.sync_queue_size"]), float(p["camera.sync_slop_s"]))
-        self._sync.registerCallback(self._worker.put)
-        self._subs = subs
+        self._subs = subscribe_frame_sets(  # what the dedup node republishes, paired alike
+            self, "novel/", qos, self._worker.put, use_depth=bool(p["use_depth"]),
+            queue_size=int(p["camera.sync_queue_size"]), slop_s=float(p["camera.sync_slop_s"]))
         self._stats_pub = self.create_publisher(String, "~/statistics", qos)
         # A flush reads (and with flush_diverse embeds) every pending frame: seconds.
         slow = slow_callbacks()

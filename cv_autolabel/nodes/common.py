@@ -7,10 +7,12 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import message_filters
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from sensor_msgs.msg import CameraInfo, Image
 
 from cv_autolabel.core.workqueue import DropOldestQueue
 
@@ -39,6 +41,31 @@ COMMON_PARAMETERS: Parameters = {
         description="Period of ~/statistics (s)",
         floating_point_range=[FloatingPointRange(from_value=0.1, to_value=3600.0, step=0.0)])),
 }
+
+
+#: Whether a node takes depth and camera_info besides colour (under ``/**``: dedup and active
+#: learning must agree, since the latter reads what the former republishes).
+USE_DEPTH: Parameters = {"use_depth": (True, ParameterDescriptor(
+    description="Pair aligned depth and camera_info with colour; false: colour only"))}
+
+
+def subscribe_frame_sets(node: Any, prefix: str, qos: Any, handler: Callable[..., None], *,
+                         use_depth: bool, queue_size: int, slop_s: float) -> list[Any]:
+    """Subscribe ``node`` to ``<prefix>color/image_raw`` and, with ``use_depth``,
+    ``<prefix>depth/image_raw`` and ``<prefix>color/camera_info`` paired by an
+    ApproximateTimeSynchronizer; ``handler(color, depth, info)`` gets each set (depth and info
+    None without depth). Returns what the node must keep referenced.
+    """
+    if not use_depth:
+        return [node.create_subscription(Image, f"{prefix}color/image_raw",
+                                         lambda msg: handler(msg, None, None), qos)]
+    subs = [message_filters.Subscriber(node, Image, f"{prefix}color/image_raw", qos_profile=qos),
+            message_filters.Subscriber(node, Image, f"{prefix}depth/image_raw", qos_profile=qos),
+            message_filters.Subscriber(node, CameraInfo, f"{prefix}color/camera_info",
+                                       qos_profile=qos)]
+    sync = message_filters.ApproximateTimeSynchronizer(subs, queue_size, slop_s)
+    sync.registerCallback(handler)
+    return [*subs, sync]
 
 
 def declare_read_only(node: Any, parameters: Parameters) -> dict[str, Any]:

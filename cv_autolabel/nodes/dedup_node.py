@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import message_filters
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -29,8 +28,9 @@ from cv_autolabel.components.dedup import (
     NOVEL_COLOR, NOVEL_DEPTH, NOVEL_INFO, DedupComponent,
 )
 from cv_autolabel.core.dedup import DedupSettings, open_deduplicator
-from cv_autolabel.nodes.common import (COMMON_PARAMETERS, InboxWorker, declare_read_only,
-                                       inbox_size, run_node)
+from cv_autolabel.nodes.common import (COMMON_PARAMETERS, USE_DEPTH, InboxWorker,
+                                       declare_read_only, inbox_size, run_node,
+                                       subscribe_frame_sets)
 from cv_autolabel.ros.factory import RclpyMessageFactory
 
 _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
@@ -47,9 +47,8 @@ _PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "dedup.threshold": (0.95, ParameterDescriptor(
         description="Cosine similarity at or above which a frame is a duplicate",
         floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)])),
-    "use_depth": (True, ParameterDescriptor(
-        description="Subscribe to aligned depth and camera_info and store them too")),
     "queue_size": inbox_size(4),
+    **USE_DEPTH,
     **COMMON_PARAMETERS,
 }
 
@@ -74,26 +73,15 @@ class DedupNode(Node):
                                         source=self.get_fully_qualified_name())
         self._worker = InboxWorker(int(params["queue_size"]), self.component.on_messages,
                                    "dedup-worker")
-        self._subscribe(bool(params["use_depth"]), int(params["camera.sync_queue_size"]),
-                        float(params["camera.sync_slop_s"]))
+        self._subs = subscribe_frame_sets(
+            self, "", qos_profile_sensor_data, self._worker.put,
+            use_depth=bool(params["use_depth"]),
+            queue_size=int(params["camera.sync_queue_size"]),
+            slop_s=float(params["camera.sync_slop_s"]))
         self.create_timer(float(params["statistics_period_s"]), self._publish_statistics)
         self.get_logger().info(
             f"dedup: {self.dedup.embedder.name}, threshold {settings.threshold}, "
             f"{len(self.dedup.index)} frames stored in {settings.store_uri}")
-
-    def _subscribe(self, use_depth: bool, queue_size: int, slop: float) -> None:
-        qos = qos_profile_sensor_data
-        if not use_depth:
-            self.create_subscription(Image, "color/image_raw",
-                                     lambda msg: self._worker.put(msg, None, None), qos)
-            return
-        subs = [message_filters.Subscriber(self, Image, "color/image_raw", qos_profile=qos),
-                message_filters.Subscriber(self, Image, "depth/image_raw", qos_profile=qos),
-                message_filters.Subscriber(self, CameraInfo, "color/camera_info",
-                                           qos_profile=qos)]
-        self._sync = message_filters.ApproximateTimeSynchronizer(subs, queue_size, slop)
-        self._sync.registerCallback(self._worker.put)
-        self._subs = subs
 
     def _publish(self, key: str, msg: Any) -> None:
         self._pubs[key].publish(msg)

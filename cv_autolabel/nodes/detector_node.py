@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import message_filters
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -37,7 +36,7 @@ from cv_autolabel.components.detector import (
 from cv_autolabel.core.model_slot import DEFAULT_MODEL_LINK, ModelSlot
 from cv_autolabel.core.segmenters import create_segmenter
 from cv_autolabel.nodes.common import (COMMON_PARAMETERS, InboxWorker, declare_read_only,
-                                       run_node, slow_callbacks)
+                                       run_node, slow_callbacks, subscribe_frame_sets)
 from cv_autolabel.ros.factory import RclpyMessageFactory
 
 _UNIT = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
@@ -79,14 +78,9 @@ class DetectorNode(Node):
         reloads = slow_callbacks()
         self.create_service(Trigger, "~/reload", self._on_reload, callback_group=reloads)
         self._worker = InboxWorker(1, self._process, "detector")  # always the newest set
-        qos = qos_profile_sensor_data
-        self._subs = [
-            message_filters.Subscriber(self, Image, "color/image_raw", qos_profile=qos),
-            message_filters.Subscriber(self, Image, "depth/image_raw", qos_profile=qos),
-            message_filters.Subscriber(self, CameraInfo, "color/camera_info", qos_profile=qos)]
-        self._sync = message_filters.ApproximateTimeSynchronizer(
-            self._subs, int(p["camera.sync_queue_size"]), float(p["camera.sync_slop_s"]))
-        self._sync.registerCallback(self._worker.put)
+        self._subs = subscribe_frame_sets(  # fusion needs depth: always all three
+            self, "", qos_profile_sensor_data, self._worker.put, use_depth=True,
+            queue_size=int(p["camera.sync_queue_size"]), slop_s=float(p["camera.sync_slop_s"]))
         if float(p["watch_period_s"]) > 0:
             self.create_timer(float(p["watch_period_s"]), self._watch, callback_group=reloads)
         self.create_timer(float(p["statistics_period_s"]), self._publish_statistics)
