@@ -366,8 +366,8 @@ def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
-    """Export MODEL (ultralytics .pt) to OpenVINO FP32 and INT8 (calibrated on DATA's val
-    split), verify INT8's mask mAP50-95 against FP32, write checksum manifests and
+    """Export MODEL (ultralytics .pt) to OpenVINO FP32 and INT8 (calibrated on DATA's train
+    split), verify INT8's mask mAP50-95 against FP32 on the val split, write checksum manifests and
     verification.json, and on success optionally publish INT8 by re-pointing a symlink."""
     from cv_autolabel.tools.export import export  # noqa: PLC0415
 
@@ -645,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description=cmd_export.__doc__)
     p.add_argument("model", type=Path, metavar="MODEL", help="ultralytics .pt weights")
     p.add_argument("--data", type=Path, required=True, metavar="DATA_YAML",
-                   help="data.yaml whose val split calibrates and verifies INT8")
+                   help="data.yaml whose train split calibrates INT8 and val split verifies it")
     p.add_argument("--out", type=Path, default=None,
                    help="new output directory (default: MODEL's parent/../export_<time>)")
     p.add_argument("--imgsz", type=int, default=640)
@@ -654,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=8,
                    help="val images of the FP32/INT8 output agreement check")
     p.add_argument("--fraction", type=float, default=1.0,
-                   help="fraction of val images used for INT8 calibration")
+                   help="fraction of train images used for INT8 calibration")
     p.add_argument("--publish", type=Path, default=None, metavar="LINK",
                    help="symlink to point at the INT8 model on success (e.g. models/current)")
     _common(p)

@@ -3,9 +3,10 @@
 ``export(model_pt, data_yaml)`` does, in order:
 
 1. **Export** with ultralytics: an FP32 OpenVINO IR, and an INT8 IR quantised by NNCF
-   post-training quantisation calibrated on the images of the dataset's own ``val`` split
-   (``export(format="openvino", quantize=8, data=data_yaml, fraction=...)``; nothing is
-   downloaded: the data is ours and ultralytics runs with ``YOLO_OFFLINE=1``).
+   post-training quantisation calibrated on the images of the dataset's own ``train`` split
+   (``export(format="openvino", quantize=8, data=data_yaml, split="train", fraction=...)``;
+   nothing is downloaded: the data is ours and ultralytics runs with ``YOLO_OFFLINE=1``), so
+   the val images that judge it below played no part in quantising it.
 2. **Verify** the INT8 model against the FP32 one:
 
    * *Accuracy*: mask mAP50-95 of each on the val split with ultralytics' validator. The FP32
@@ -198,13 +199,14 @@ def export(model_pt: Path, data_yaml: Path, *, out: Path | None = None, imgsz: i
 
     Args:
         model_pt: ultralytics segmentation weights (``best.pt``).
-        data_yaml: the dataset's ``data.yaml``; its ``val`` split calibrates and verifies.
+        data_yaml: the dataset's ``data.yaml``; its ``train`` split calibrates, its ``val``
+            split verifies.
         out: new (or empty) output directory; default ``<model_pt parent>/../export_<time>``.
         imgsz: export and validation image size.
         tolerance: largest allowed mask mAP50-95 drop of INT8, in points (0..100 scale).
         samples: val images of the agreement check.
         publish: symlink to point at ``out/int8`` once verification has passed.
-        calibration_fraction: fraction of the val images NNCF calibrates on.
+        calibration_fraction: fraction of the train images NNCF calibrates on.
 
     Returns:
         The verification report (what ``verification.json`` holds, plus ``published``).
@@ -271,7 +273,8 @@ def _check_inputs(model_pt: Path, data_yaml: Path, imgsz: int, samples: int,
     if samples < 0 or not 0.0 < fraction <= 1.0:
         raise ExportError(f"samples must be >= 0 and the calibration fraction in (0, 1], got "
                           f"{samples} and {fraction}")
-    val_images(data_yaml)  # fails early when there is no val split to calibrate and verify on
+    split_images(data_yaml, "train")  # fail early: no images to calibrate on
+    val_images(data_yaml)  # or to verify on
 
 
 def _default_out(model_pt: Path) -> Path:
@@ -398,7 +401,7 @@ def export_openvino(model_pt: Path, data_yaml: Path | None, out: Path, *, imgsz:
     if data_yaml is None:
         raise ExportError("an INT8 export needs calibration data (a data.yaml)")
     return fp32, _export_one(weights, out / "int8", model_pt, imgsz=imgsz, quantize=8,
-                             data=str(data_yaml), fraction=fraction)
+                             data=str(data_yaml), split="train", fraction=fraction)
 
 
 def _export_one(weights: Path, target: Path, source: Path, *, imgsz: int, **args: Any) -> Path:

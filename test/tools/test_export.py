@@ -325,6 +325,7 @@ def test_failed_verification_keeps_fp32_and_the_report_and_does_not_publish(
     ("no_pt", "error: no model weights at .*missing.pt"),
     ("no_data", "error: no dataset description at .*missing.yaml"),
     ("no_val", "error: .*has no val split"),
+    ("no_train", "error: .*has no train split"),
     ("busy_out", "error: output directory .* exists and is not empty"),
     ("publish_dir", "error: cannot publish: .* exists and is not a symlink"),
     ("bad_imgsz", "error: imgsz must be a positive multiple of 32, got 100"),
@@ -340,8 +341,9 @@ def test_cli_errors_are_one_line(setup: str, message: str, tmp_path: Path, data_
         argv[1] = str(tmp_path / "missing.pt")
     elif setup == "no_data":
         argv[3] = str(tmp_path / "missing.yaml")
-    elif setup == "no_val":
-        (tmp_path / "d.yaml").write_text("train: images\n")
+    elif setup in ("no_val", "no_train"):
+        split = "train" if setup == "no_val" else "val"  # the one it has
+        (tmp_path / "d.yaml").write_text(f"path: {data_yaml.parent}\n{split}: images/train\n")
         argv[3] = str(tmp_path / "d.yaml")
     elif setup == "busy_out":
         (tmp_path / "out").mkdir()
@@ -424,3 +426,20 @@ def test_a_broken_int8_model_fails_verification(trained_pt: Path, data_yaml: Pat
     assert not report["passed"] and report["drop_points"] > 10
     assert verify_manifest(out / "fp32")["precision"] == "fp32"
     assert not (out / "int8" / MANIFEST).exists() and not link.is_symlink()
+
+
+def test_int8_calibrates_on_the_train_split_not_the_val_images_that_judge_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def record(weights: Path, target: Path, source: Path, **kwargs: Any) -> Path:
+        calls.append(kwargs)
+        return target
+
+    monkeypatch.setattr(export_mod, "_export_one", record)
+    (tmp_path / "m.pt").write_bytes(b"w")
+    export_mod.export_openvino(tmp_path / "m.pt", tmp_path / "data.yaml", tmp_path / "out",
+                               imgsz=IMGSZ, fraction=0.5)
+    fp32, int8 = calls
+    assert "split" not in fp32 and "quantize" not in fp32
+    assert int8["quantize"] == 8 and int8["split"] == "train" and int8["fraction"] == 0.5
