@@ -532,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_dedup)
 
-    p = sub.add_parser("replay", help="run the detector (or --active-learning: dedup and the queue) over a bag",
+    p = sub.add_parser("replay", help="run the detector (or --active-learning: dedup and "
+                       "the queue) over a bag",
                        description=cmd_replay.__doc__)
     p.add_argument("bag", type=Path, metavar="BAG")
     p.add_argument("--out", type=Path, default=None, metavar="OUT_BAG", help="bag to create")
