@@ -117,7 +117,8 @@ def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
         curves[arm] = {
             "labelled": [float(np.mean([r["labelled"] for r in rs])) for rs in rounds],
             "map_mean": [float(np.mean([r["map"] for r in rs])) for rs in rounds],
-            "map_std": [float(np.std([r["map"] for r in rs])) for rs in rounds]}
+            "map_std": [float(np.std([r["map"] for r in rs])) for rs in rounds],
+            "round": [rs[0].get("round", i) for i, rs in enumerate(rounds)]}
         classes = sorted({c for rs in rounds for r in rs for c in r.get("map_per_class", {})})
         if classes:  # a class missing from a round's test results counts as 0
             curves[arm]["class_map_mean"] = {
@@ -497,6 +498,86 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
     return out
 
 
+
+# -- retraining recorded selections to convergence ------------------------------------------------
+
+#: the settings a retrain takes from the recorded run: they rebuild its pool, test set and
+#: seed model (all deterministic), so the recorded frame names mean the same frames
+_RECORDED = ("seed_size", "budget", "pool_bags", "test_bags", "test_every", "frames", "width",
+             "height", "imgsz", "init", "pretrain_epochs", "scenario", "rare_bags")
+
+
+def labelled_sets(rounds: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The frames each recorded round had labelled: its picks and every earlier round's.
+
+    Example:
+        >>> labelled_sets([{"picked": ["a", "b"]}, {"picked": ["c"]}])
+        [['a', 'b'], ['a', 'b', 'c']]
+    """
+    sets: list[list[str]] = []
+    for r in rounds:
+        sets.append((sets[-1] if sets else []) + list(r["picked"]))
+    return sets
+
+
+def adopt_recorded_settings(recorded: dict[str, Any], args: argparse.Namespace) -> None:
+    """Set ``args``' world, pool and seed-model settings to a recorded run's (``--retrain``);
+    ``--iters``, ``--seeds``, ``--arms`` and ``--rounds`` stay the caller's."""
+    settings = recorded["settings"]
+    missing = [k for k in _RECORDED if k not in settings]
+    if missing or not all("picked" in r for arms in recorded["runs"].values()
+                          for rounds in arms.values() for r in rounds):
+        raise SystemExit("--retrain: the results file does not record "
+                         + (", ".join(missing) if missing else "each round's picked frames")
+                         + " (runs before 2026-11-21 did not)")
+    for k in _RECORDED:
+        setattr(args, k, settings[k])
+    args.keep_earlier = settings.get("keep_earlier", _OLD_DEFAULTS["keep_earlier"])
+    args.arms = [a for a in args.arms if a in recorded["runs"]]
+    if "random" not in args.arms:
+        raise SystemExit("--retrain: the results file has no random arm to compare against")
+    args.seeds = [s for s in args.seeds if str(s) in recorded["runs"]["random"]]
+    if not args.seeds:
+        raise SystemExit("--retrain: none of --seeds is in the results file")
+
+
+def retrain_recorded(recorded: dict[str, Any], pool: list[PoolFrame], test_images: Path,
+                     names: Sequence[str], work: Path, args: argparse.Namespace, log: Any,
+                     init: str, earlier: Path | None = None
+                     ) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """Each recorded round's labelled frames, trained afresh from the seed model ``init``
+    with ``args.iters`` images seen, and scored on the test set: what those labels are worth
+    once training is no longer the bottleneck. The selections are the recorded ones (made by
+    the run's own students); only the training that scores them changes."""
+    by_name = {f.name: f for f in pool}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in args.arms}
+    for seed in args.seeds:
+        for arm in args.arms:
+            rounds = recorded["runs"][arm][str(seed)][:args.rounds + 1]
+            out = []
+            for r, labelled in enumerate(labelled_sets(rounds)):
+                if args.only_rounds and r not in args.only_rounds:
+                    continue
+                missing = [n for n in labelled if n not in by_name]
+                if missing:
+                    raise SystemExit(f"--retrain: {arm} seed {seed} round {r} labelled "
+                                     f"{missing[:3]}, not in the rebuilt pool: not the same "
+                                     "world")
+                frames = [by_name[n] for n in labelled]
+                # round 0 is the seed set, the same in every arm: trained once
+                root = work / f"seed{seed}" / ("round0" if r == 0 else f"{arm}/round{r}")
+                result = {"round": r, "picked": rounds[r]["picked"],
+                          "picked_holding": rounds[r].get("picked_holding", {}),
+                          "recorded_map": rounds[r]["map"]}
+                result |= train_round(root, frames, test_images, names, init=init, args=args,
+                                      seed=seed, earlier=earlier)
+                log(f"   seed {seed} {arm} round {r}: {len(frames)} labelled, retrained "
+                    f"{result['epochs']} epochs: mask mAP50-95 {result['map']:.3f} (recorded "
+                    f"{result['recorded_map']:.3f}) {_per_class(result)}{_took(result)}")
+                out.append(result)
+            runs[arm][seed] = out
+    return runs
+
 _SAME_SETTINGS = ("seeds", "rounds", "seed_size", "budget", "iters", "pool_bags", "test_bags",
                   "test_every", "frames", "width", "height", "imgsz", "init", "pretrain_epochs",
                   "scenario", "rare_bags", "quick", "keep_earlier")
@@ -547,7 +628,7 @@ def table(summary: dict[str, Any]) -> str:
     head += "".join(f" {c}: {' / '.join(arms)} |" for c in classes)
     lines = [head, "|---:|---:|" + "---:|" * (len(arms) + len(classes))]
     for r, n in enumerate(curves["random"]["labelled"]):
-        row = f"| {r} | {n:.0f} |" + "".join(
+        row = f"| {curves['random'].get('round', range(r + 1))[r]} | {n:.0f} |" + "".join(
             f" {curves[a]['map_mean'][r]:.3f} ± {curves[a]['map_std'][r]:.3f} |" for a in arms)
         row += "".join(" " + " / ".join(f"{curves[a]['class_map_mean'][c][r]:.3f}"
                                         for a in arms) + " |" for c in classes)
@@ -631,7 +712,9 @@ def report(result: dict[str, Any], png: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rounds", type=int, default=3, help="selection rounds after the seed set")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="selection rounds after the seed set (default 3; with --retrain, "
+                        "the recorded run's)")
     p.add_argument("--seed-size", type=int, default=24, help="random seed set (labelled)")
     p.add_argument("--budget", type=int, default=24, help="frames labelled per round")
     p.add_argument("--iters", type=int, default=1500,
@@ -667,6 +750,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--fresh", action="store_true",
                    help="retrain every round (default: rounds already trained with the same "
                         "inputs in the cache are read back)")
+    p.add_argument("--retrain", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="select nothing: train each round's labelled frames recorded in "
+                        "RESULTS_JSON afresh from its seed model with --iters images seen "
+                        "(its world and pool settings are taken from the file) and score them")
+    p.add_argument("--only-rounds", type=int, nargs="+", default=None, metavar="R",
+                   help="with --retrain: only these rounds (keep the last for random's final)")
     p.add_argument("--quick", action="store_true",
                    help="plumbing check: 1 seed, 1 round, tiny trainings")
     p.add_argument("--report", type=Path, default=None, metavar="RESULTS_JSON",
@@ -674,6 +763,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "table and verdicts")
     args = p.parse_args(argv)
     args.keep_earlier = args.init == "stock"  # a later turn trains on the earlier labels too
+    recorded = None
+    if args.retrain:
+        if args.merge or args.quick:
+            raise SystemExit("--retrain takes neither --merge nor --quick")
+        recorded = json.loads(args.retrain.read_text())
+        adopt_recorded_settings(recorded, args)
+    if args.rounds is None:
+        args.rounds = recorded["settings"]["rounds"] if recorded else 3
     if args.report:
         result = json.loads(args.report.read_text())
         png = args.report.with_name(args.report.stem.replace("results", "label_efficiency", 1)
@@ -713,6 +810,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               + ("" if args.pool_bags == p.get_default("pool_bags") or args.quick
                  else f"_pool{args.pool_bags}"))
     # One run at a time per work folder: its pool/ and test/ are rebuilt.
+    if recorded is not None:  # named after the run it retrains, and kept apart from it
+        suffix = args.retrain.stem.removeprefix("results") + f"_retrained{args.iters}"
     work = args.work or args.cache / f"work{suffix}"
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
@@ -726,10 +825,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         + ", ".join(f"{c} in {n}" for c, n in holding.items())
         + f"); test: {len(list(test_images.iterdir()))} frames")
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in args.arms}
-    for seed in args.seeds:
-        for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log,
-                                    init, stock_labels).items():
-            runs[arm][seed] = rounds
+    if recorded is not None:
+        runs = retrain_recorded(recorded, pool, test_images, names, work, args, log, init,
+                                stock_labels)
+    else:
+        for seed in args.seeds:
+            for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log,
+                                        init, stock_labels).items():
+                runs[arm][seed] = rounds
     args.out.mkdir(parents=True, exist_ok=True)
     if earlier is not None:  # keep what was run even if the merge is refused
         (args.out / f"runs{suffix}_{'+'.join(args.arms)}.json").write_text(

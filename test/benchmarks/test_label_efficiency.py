@@ -239,3 +239,41 @@ def test_a_later_turn_trains_on_the_earlier_labels_too_but_counts_only_new_ones(
     old = {k: 1 for k in bench._SAME_SETTINGS if k != "keep_earlier"}
     with pytest.raises(SystemExit, match="settings differ: keep_earlier"):
         bench.check_merge_settings({"settings": old}, args)
+
+
+def test_a_retrain_takes_each_rounds_labelled_frames_and_the_recorded_world() -> None:
+    import argparse  # noqa: PLC0415
+
+    rounds = [{"picked": ["b0_0001", "b3_0040"], "map": 0.1},
+              {"picked": ["b1_0007"], "map": 0.2}, {"picked": ["b2_0100"], "map": 0.3}]
+    # each round trains on what it and every earlier round labelled, in pick order
+    assert bench.labelled_sets(rounds) == [["b0_0001", "b3_0040"],
+                                           ["b0_0001", "b3_0040", "b1_0007"],
+                                           ["b0_0001", "b3_0040", "b1_0007", "b2_0100"]]
+
+    settings = {k: f"recorded {k}" for k in bench._RECORDED} | {"rounds": 5}
+    recorded = {"settings": settings,
+                "runs": {"random": {"0": rounds, "1": rounds}, "balanced": {"0": rounds}}}
+    args = argparse.Namespace(**{k: "mine" for k in bench._RECORDED},
+                              arms=["random", "disagreement", "balanced"], seeds=[0, 2])
+    bench.adopt_recorded_settings(recorded, args)
+    # the pool, test set and seed model are rebuilt as recorded, so frame names match
+    assert all(getattr(args, k) == f"recorded {k}" for k in bench._RECORDED)
+    assert args.keep_earlier is False  # runs before the setting did not keep earlier labels
+    assert args.arms == ["random", "balanced"] and args.seeds == [0]  # what was recorded
+
+    with pytest.raises(SystemExit, match="picked frames"):
+        bench.adopt_recorded_settings(
+            {"settings": settings, "runs": {"random": {"0": [{"map": 0.1}]}}}, args)
+    with pytest.raises(SystemExit, match="no random arm"):
+        bench.adopt_recorded_settings({"settings": settings, "runs": {"balanced": {"0": rounds}}},
+                                      argparse.Namespace(arms=["balanced"], seeds=[0]))
+
+
+def test_a_table_of_some_rounds_names_them_as_recorded() -> None:
+    runs = {arm: {0: [{"round": r, "labelled": n, "map": m} for r, n, m in
+                      ((0, 24, 0.1), (3, 96, 0.2 + d), (5, 144, 0.3 + d))]}
+            for arm, d in (("random", 0.0), ("balanced", 0.1))}
+    lines = bench.table(bench.summarise(runs)).splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["0", "3", "5"]
+    assert "| 3 | 96 | 0.200 ± 0.000 | 0.300 ± 0.000 |" in lines
