@@ -541,6 +541,23 @@ def adopt_recorded_settings(recorded: dict[str, Any], args: argparse.Namespace) 
         raise SystemExit("--retrain: none of --seeds is in the results file")
 
 
+def retrain_order(arms: Sequence[str], rounds: int,
+                  only: Sequence[int] | None = None) -> list[tuple[str, int]]:
+    """The (arm, round) pairs a retrain trains, in an order that gives a run stopped early
+    what the verdict needs first: the seed round, random's final round (the bar), the
+    selection arms' rounds from the first on, then random's other rounds."""
+    picked = [r for r in range(rounds + 1) if not only or r in only]
+    last = picked[-1]
+
+    def rank(task: tuple[str, int]) -> tuple[int, int, int]:
+        arm, r = task
+        stage = (0 if r == 0 else 1 if arm == "random" and r == last
+                 else 3 if arm == "random" else 2)
+        return stage, list(arms).index(arm), r
+
+    return sorted(((arm, r) for arm in arms for r in picked), key=rank)
+
+
 def retrain_recorded(recorded: dict[str, Any], pool: list[PoolFrame], test_images: Path,
                      names: Sequence[str], work: Path, args: argparse.Namespace, log: Any,
                      init: str, earlier: Path | None = None
@@ -548,35 +565,35 @@ def retrain_recorded(recorded: dict[str, Any], pool: list[PoolFrame], test_image
     """Each recorded round's labelled frames, trained afresh from the seed model ``init``
     with ``args.iters`` images seen, and scored on the test set: what those labels are worth
     once training is no longer the bottleneck. The selections are the recorded ones (made by
-    the run's own students); only the training that scores them changes."""
+    the run's own students); only the training that scores them changes. Every round is
+    cached as it finishes (:func:`train_round`), so a stopped run loses only the one in hand."""
     by_name = {f.name: f for f in pool}
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in args.arms}
     for seed in args.seeds:
+        done: dict[tuple[str, int], dict[str, Any]] = {}
+        for arm, r in retrain_order(args.arms, args.rounds, args.only_rounds):
+            rounds = recorded["runs"][arm][str(seed)]
+            labelled = labelled_sets(rounds[:r + 1])[-1]
+            missing = [n for n in labelled if n not in by_name]
+            if missing:
+                raise SystemExit(f"--retrain: {arm} seed {seed} round {r} labelled "
+                                 f"{missing[:3]}, not in the rebuilt pool: not the same world")
+            frames = [by_name[n] for n in labelled]
+            # round 0 is the seed set, the same in every arm: trained once
+            root = work / f"seed{seed}" / ("round0" if r == 0 else f"{arm}/round{r}")
+            result = {"round": r, "picked": rounds[r]["picked"],
+                      "picked_holding": rounds[r].get("picked_holding", {}),
+                      "recorded_map": rounds[r]["map"]}
+            result |= train_round(root, frames, test_images, names, init=init, args=args,
+                                  seed=seed, earlier=earlier)
+            log(f"   seed {seed} {arm} round {r}: {len(frames)} labelled, retrained "
+                f"{result['epochs']} epochs: mask mAP50-95 {result['map']:.3f} (recorded "
+                f"{result['recorded_map']:.3f}) {_per_class(result)}{_took(result)}")
+            done[arm, r] = result
         for arm in args.arms:
-            rounds = recorded["runs"][arm][str(seed)][:args.rounds + 1]
-            out = []
-            for r, labelled in enumerate(labelled_sets(rounds)):
-                if args.only_rounds and r not in args.only_rounds:
-                    continue
-                missing = [n for n in labelled if n not in by_name]
-                if missing:
-                    raise SystemExit(f"--retrain: {arm} seed {seed} round {r} labelled "
-                                     f"{missing[:3]}, not in the rebuilt pool: not the same "
-                                     "world")
-                frames = [by_name[n] for n in labelled]
-                # round 0 is the seed set, the same in every arm: trained once
-                root = work / f"seed{seed}" / ("round0" if r == 0 else f"{arm}/round{r}")
-                result = {"round": r, "picked": rounds[r]["picked"],
-                          "picked_holding": rounds[r].get("picked_holding", {}),
-                          "recorded_map": rounds[r]["map"]}
-                result |= train_round(root, frames, test_images, names, init=init, args=args,
-                                      seed=seed, earlier=earlier)
-                log(f"   seed {seed} {arm} round {r}: {len(frames)} labelled, retrained "
-                    f"{result['epochs']} epochs: mask mAP50-95 {result['map']:.3f} (recorded "
-                    f"{result['recorded_map']:.3f}) {_per_class(result)}{_took(result)}")
-                out.append(result)
-            runs[arm][seed] = out
+            runs[arm][seed] = [done[a, r] for a, r in sorted(done) if a == arm]
     return runs
+
 
 _SAME_SETTINGS = ("seeds", "rounds", "seed_size", "budget", "iters", "pool_bags", "test_bags",
                   "test_every", "frames", "width", "height", "imgsz", "init", "pretrain_epochs",

@@ -277,3 +277,11 @@ def test_a_table_of_some_rounds_names_them_as_recorded() -> None:
     lines = bench.table(bench.summarise(runs)).splitlines()
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["0", "3", "5"]
     assert "| 3 | 96 | 0.200 ± 0.000 | 0.300 ± 0.000 |" in lines
+
+
+def test_a_retrain_trains_what_the_verdict_needs_first() -> None:
+    # seed round, random's final (the bar), the selection arm's curve, then random's shape
+    assert bench.retrain_order(["random", "balanced"], 5, [0, 5, 2, 3]) == [
+        ("random", 0), ("balanced", 0), ("random", 5), ("balanced", 2), ("balanced", 3),
+        ("balanced", 5), ("random", 2), ("random", 3)]
+    assert bench.retrain_order(["random"], 2) == [("random", 0), ("random", 2), ("random", 1)]
