@@ -332,7 +332,7 @@ def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
     log(f"pretraining on {len(list(images.iterdir()))} frames of {', '.join(shown)}, "
         f"{args.pretrain_epochs} epochs ...")
     run = train(data, model="yolo11n-seg.yaml", epochs=args.pretrain_epochs, imgsz=args.imgsz,
-                batch=8, out=out, name="run", seed=0, tracking="none",
+                batch=8, out=out, name="run", seed=0, tracking="none", device=args.device,
                 patience=args.pretrain_epochs, extra={"val": False})
     log(f"   pretrained: mask mAP50-95 {run['metrics']['mask_map50_95']:.3f} on its own data")
     return run["last_weights"]
@@ -354,8 +354,10 @@ def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
 
     kept = len(earlier_images(earlier))
     epochs = max(1, round(args.iters / (len(frames) + kept)))
+    device = getattr(args, "device", "cpu")
     key = round_key(frames, init, epochs=epochs, imgsz=args.imgsz, seed=seed,
-                    test_images=test_images, **({"earlier": earlier} if kept else {}))
+                    test_images=test_images, **({"earlier": earlier} if kept else {}),
+                    **({"device": device} if device != "cpu" else {}))
     record = root / "round.json"
     if record.is_file():
         saved = json.loads(record.read_text())
@@ -366,7 +368,7 @@ def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
     data = write_dataset(root / "data", frames, test_images, names, earlier)
     started = time.perf_counter()
     run = train(data, model=init, epochs=epochs, imgsz=args.imgsz, batch=8, out=root,
-                name="run", seed=seed, tracking="none", patience=epochs,
+                name="run", seed=seed, tracking="none", patience=epochs, device=device,
                 extra={"val": False})  # validated once, at the end, on the test set
     result = {"labelled": len(frames), "instances": sum(len(f.label_lines) for f in frames),
               "earlier_labelled": kept,
@@ -771,6 +773,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="select nothing: train each round's labelled frames recorded in "
                         "RESULTS_JSON afresh from its seed model with --iters images seen "
                         "(its world and pool settings are taken from the file) and score them")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for training (cpu, 0, cuda:0): a GPU trains a round in a "
+                        "minute or two; its models differ from a CPU's in the last digits, so "
+                        "compare arms within one run")
     p.add_argument("--only-rounds", type=int, nargs="+", default=None, metavar="R",
                    help="with --retrain: only these rounds (keep the last for random's final)")
     p.add_argument("--quick", action="store_true",
