@@ -342,13 +342,15 @@ def pretrain(cache: Path, args: argparse.Namespace, log: Any) -> str:
 
 def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
                 names: Sequence[str], *, init: str, args: argparse.Namespace,
-                seed: int, earlier: Path | None = None) -> dict[str, Any]:
+                seed: int, earlier: Path | None = None,
+                cached_only: bool = False) -> dict[str, Any] | None:
     """Train on ``frames`` (and the ``earlier`` turn's labelled images, if any; from
     ``init``); return labelled count (new labels only), test mAP and weights.
 
     A round already trained in ``root`` with the same inputs (:func:`round_key`) is read
     back instead (marked ``resumed``): trainings are deterministic per seed, so an
-    interrupted run, or one given more ``--rounds``, redoes only what is missing.
+    interrupted run, or one given more ``--rounds``, redoes only what is missing. With
+    ``cached_only``, a round not trained yet is not trained now: None.
     """
     from cv_autolabel.tools.train import train  # noqa: PLC0415
 
@@ -363,6 +365,8 @@ def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
         saved = json.loads(record.read_text())
         if saved.get("key") == key and Path(saved["result"]["weights"]).is_file():
             return saved["result"] | {"resumed": True}
+    if cached_only:
+        return None
     if root.exists():
         shutil.rmtree(root)
     data = write_dataset(root / "data", frames, test_images, names, earlier)
@@ -586,15 +590,21 @@ def retrain_recorded(recorded: dict[str, Any], pool: list[PoolFrame], test_image
             result = {"round": r, "picked": rounds[r]["picked"],
                       "picked_holding": rounds[r].get("picked_holding", {}),
                       "recorded_map": rounds[r]["map"]}
-            result |= train_round(root, frames, test_images, names, init=init, args=args,
-                                  seed=seed, earlier=earlier)
+            trained = train_round(root, frames, test_images, names, init=init, args=args,
+                                  seed=seed, earlier=earlier, cached_only=args.cached_only)
+            if trained is None:
+                log(f"   seed {seed} {arm} round {r}: not trained yet (--cached-only)")
+                continue
+            result |= trained
             log(f"   seed {seed} {arm} round {r}: {len(frames)} labelled, retrained "
                 f"{result['epochs']} epochs: mask mAP50-95 {result['map']:.3f} (recorded "
                 f"{result['recorded_map']:.3f}) {_per_class(result)}{_took(result)}")
             done[arm, r] = result
         for arm in args.arms:
             runs[arm][seed] = [done[a, r] for a, r in sorted(done) if a == arm]
-    return runs
+    if not all(runs["random"].values()):
+        raise SystemExit("--retrain: random selection has no round trained yet")
+    return {arm: by_seed for arm, by_seed in runs.items() if all(by_seed.values())}
 
 
 _SAME_SETTINGS = ("seeds", "rounds", "seed_size", "budget", "iters", "pool_bags", "test_bags",
@@ -639,18 +649,28 @@ def merge_runs(runs: dict[str, dict[int, list[dict[str, Any]]]], earlier: dict[s
 # -- report ---------------------------------------------------------------------------------------
 
 def table(summary: dict[str, Any]) -> str:
-    """Markdown table of mean ± std mask mAP per round and arm, then per class (means)."""
+    """Markdown table of mean ± std mask mAP per round and arm, then per class (means); a
+    round an arm has no result for (a retrain stopped early) shows "–"."""
     curves = summary["curves"]
     arms = list(curves)
     classes = list(curves["random"].get("class_map_mean", {}))
+    at = {a: {r: i for i, r in enumerate(c.get("round", range(len(c["labelled"]))))}
+          for a, c in curves.items()}
     head = "| round | labelled |" + "".join(f" {a} |" for a in arms)
     head += "".join(f" {c}: {' / '.join(arms)} |" for c in classes)
     lines = [head, "|---:|---:|" + "---:|" * (len(arms) + len(classes))]
-    for r, n in enumerate(curves["random"]["labelled"]):
-        row = f"| {curves['random'].get('round', range(r + 1))[r]} | {n:.0f} |" + "".join(
-            f" {curves[a]['map_mean'][r]:.3f} ± {curves[a]['map_std'][r]:.3f} |" for a in arms)
-        row += "".join(" " + " / ".join(f"{curves[a]['class_map_mean'][c][r]:.3f}"
-                                        for a in arms) + " |" for c in classes)
+
+    def cell(a: str, r: int, value: Any) -> str:
+        return "–" if r not in at[a] else value(curves[a], at[a][r])
+
+    for r in sorted({r for rounds in at.values() for r in rounds}):
+        n = next(curves[a]["labelled"][at[a][r]] for a in arms if r in at[a])
+        row = f"| {r} | {n:.0f} |" + "".join(
+            " " + cell(a, r, lambda c, i: f"{c['map_mean'][i]:.3f} ± {c['map_std'][i]:.3f}")
+            + " |" for a in arms)
+        row += "".join(" " + " / ".join(
+            cell(a, r, lambda c, i, cls=cls: f"{c['class_map_mean'][cls][i]:.3f}")
+            for a in arms) + " |" for cls in classes)
         lines.append(row)
     return "\n".join(lines)
 
@@ -777,6 +797,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="torch device for training (cpu, 0, cuda:0): a GPU trains a round in a "
                         "minute or two; its models differ from a CPU's in the last digits, so "
                         "compare arms within one run")
+    p.add_argument("--cached-only", action="store_true",
+                   help="with --retrain: train nothing, table the rounds already trained "
+                        "(a retrain stopped early)")
     p.add_argument("--only-rounds", type=int, nargs="+", default=None, metavar="R",
                    help="with --retrain: only these rounds (keep the last for random's final)")
     p.add_argument("--quick", action="store_true",

@@ -285,3 +285,15 @@ def test_a_retrain_trains_what_the_verdict_needs_first() -> None:
         ("random", 0), ("balanced", 0), ("random", 5), ("balanced", 2), ("balanced", 3),
         ("balanced", 5), ("random", 2), ("random", 3)]
     assert bench.retrain_order(["random"], 2) == [("random", 0), ("random", 2), ("random", 1)]
+
+
+def test_a_round_one_arm_has_no_result_for_shows_a_dash() -> None:
+    runs = {"random": {0: [{"round": 0, "labelled": 24, "map": 0.1},
+                           {"round": 5, "labelled": 144, "map": 0.3}]},
+            "balanced": {0: [{"round": 2, "labelled": 72, "map": 0.25},
+                             {"round": 3, "labelled": 96, "map": 0.35}]}}
+    summary = bench.summarise(runs)
+    assert bench.table(summary).splitlines()[2:] == [
+        "| 0 | 24 | 0.100 ± 0.000 | – |", "| 2 | 72 | – | 0.250 ± 0.000 |",
+        "| 3 | 96 | – | 0.350 ± 0.000 |", "| 5 | 144 | 0.300 ± 0.000 | – |"]
+    assert summary["arms"]["balanced"]["labels_to_reach"] == 84.0  # between rounds 2 and 3
