@@ -126,7 +126,8 @@ def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
                     for rs in rounds] for c in classes}
     rnd = curves["random"]
     target, final_labels = rnd["map_mean"][-1], rnd["labelled"][-1]
-    learned = target > rnd["map_mean"][0]  # else "reaching" it means nothing
+    # else "reaching" it means nothing; a retrain of random's final round alone cannot tell
+    learned = len(rnd["map_mean"]) == 1 or target > rnd["map_mean"][0]
     verdicts = {}
     for arm in runs:
         if arm == "random":
