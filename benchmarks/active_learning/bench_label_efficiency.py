@@ -386,6 +386,23 @@ def train_round(root: Path, frames: Sequence[PoolFrame], test_images: Path,
     return result
 
 
+def hold_work(work: Path) -> Any:
+    """Hold the work folder ``work`` for this run (an open lock file: keep it until the run
+    ends). Raises SystemExit when another run holds it: each run rebuilds the folder's pool
+    and test set, which would pull the images from under the other's trainings."""
+    import fcntl  # noqa: PLC0415
+
+    work.mkdir(parents=True, exist_ok=True)
+    handle = (work / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SystemExit(f"{work} is in use by another run of this benchmark: wait for it, "
+                         "or give this one another --work") from None
+    return handle
+
+
 def round_key(frames: Sequence[PoolFrame], init: str, **settings: Any) -> dict[str, Any]:
     """What a round's training depends on: its frames, its starting weights (their sha256,
     or the config's name) and ``settings``; JSON-comparable."""
@@ -856,12 +873,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               + ("_longtail" if args.scenario == "longtail" else "")
               + ("" if args.pool_bags == p.get_default("pool_bags") or args.quick
                  else f"_pool{args.pool_bags}"))
-    # One run at a time per work folder: its pool/ and test/ are rebuilt.
     if recorded is not None:  # named after the run it retrains, and kept apart from it
         suffix = args.retrain.stem.removeprefix("results") + f"_retrained{args.iters}"
     work = args.work or args.cache / f"work{suffix}"
-    if args.fresh:
-        shutil.rmtree(work, ignore_errors=True)
+    held = hold_work(work)  # noqa: F841  one run at a time: its pool/ and test/ are rebuilt
+    for old in work.iterdir() if args.fresh else ():  # all but the lock this run holds
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.name != ".lock":
+            old.unlink()
     for rebuilt in ("pool", "test"):  # deterministic; rounds already trained are kept
         shutil.rmtree(work / rebuilt, ignore_errors=True)
     pool = build_pool(pool_bags, work / "pool", names)

@@ -297,3 +297,12 @@ def test_a_round_one_arm_has_no_result_for_shows_a_dash() -> None:
         "| 0 | 24 | 0.100 ± 0.000 | – |", "| 2 | 72 | – | 0.250 ± 0.000 |",
         "| 3 | 96 | – | 0.350 ± 0.000 |", "| 5 | 144 | 0.300 ± 0.000 | – |"]
     assert summary["arms"]["balanced"]["labels_to_reach"] == 84.0  # between rounds 2 and 3
+
+
+def test_a_second_run_in_the_same_work_folder_is_refused(tmp_path: Path) -> None:
+    # it would rebuild the pool from under the first run's trainings
+    held = bench.hold_work(tmp_path / "work")
+    with pytest.raises(SystemExit, match="in use by another run"):
+        bench.hold_work(tmp_path / "work")
+    held.close()
+    bench.hold_work(tmp_path / "work").close()  # free again once the first run ends
