@@ -36,6 +36,10 @@ neither pool nor test, among boxes and balls) and has never seen a labelled blue
 new product; those earlier labels stay in every round's training set (in every arm), as
 merged dataset versions do in the flywheel, and only the new labels are counted.
 
+``--retrain RESULTS_JSON`` selects nothing: it trains each recorded round's labelled frames
+afresh from the seed model with ``--iters`` images seen (more than the rounds had), so the
+labels are compared without the compute each round had so far riding along.
+
 Run:  .venv/bin/python benchmarks/active_learning/bench_label_efficiency.py
       (one to two hours on a 2-core CPU; ``--quick`` checks the plumbing in a minute).
       Rounds already trained with the same inputs are read back from ``--cache``, so an
