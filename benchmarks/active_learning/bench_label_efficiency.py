@@ -526,8 +526,7 @@ def run_seed(seed: int, pool: list[PoolFrame], test_images: Path, names: Sequenc
     return out
 
 
-
-# -- retraining recorded selections to convergence ------------------------------------------------
+# -- retraining recorded selections with more compute ---------------------------------------------
 
 #: the settings a retrain takes from the recorded run: they rebuild its pool, test set and
 #: seed model (all deterministic), so the recorded frame names mean the same frames
