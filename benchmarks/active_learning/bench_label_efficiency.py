@@ -547,6 +547,17 @@ def labelled_sets(rounds: Sequence[dict[str, Any]]) -> list[list[str]]:
     return sets
 
 
+def read_results(path: Path, option: str) -> dict[str, Any]:
+    """A results.json given to ``option``; SystemExit with a one-line reason when it is
+    missing or not JSON (checked before any training, not after hours of it)."""
+    if not path.is_file():
+        raise SystemExit(f"{option}: {path} does not exist (yet)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"{option}: {path} is not a results file ({err})") from None
+
+
 def adopt_recorded_settings(recorded: dict[str, Any], args: argparse.Namespace) -> None:
     """Set ``args``' world, pool and seed-model settings to a recorded run's (``--retrain``);
     ``--iters``, ``--seeds``, ``--arms`` and ``--rounds`` stay the caller's."""
@@ -834,12 +845,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.retrain:
         if args.merge or args.quick:
             raise SystemExit("--retrain takes neither --merge nor --quick")
-        recorded = json.loads(args.retrain.read_text())
+        recorded = read_results(args.retrain, "--retrain")
         adopt_recorded_settings(recorded, args)
     if args.rounds is None:
         args.rounds = recorded["settings"]["rounds"] if recorded else 3
     if args.report:
-        result = json.loads(args.report.read_text())
+        result = read_results(args.report, "--report")
         png = args.report.with_name(args.report.stem.replace("results", "label_efficiency", 1)
                                     + ".png")
         report(result, png)
@@ -850,9 +861,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.pretrain_epochs = 1
     earlier = None
     if args.merge:  # checked before hours of training, not after
-        if not args.merge.is_file():
-            raise SystemExit(f"--merge: {args.merge} does not exist (yet)")
-        earlier = json.loads(args.merge.read_text())
+        earlier = read_results(args.merge, "--merge")
         check_merge_settings(earlier, args)
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -894,11 +903,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"pool: {len(pool)} novel frames of {len(pool_bags) * args.frames} ("
         + ", ".join(f"{c} in {n}" for c, n in holding.items())
         + f"); test: {len(list(test_images.iterdir()))} frames")
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in args.arms}
     if recorded is not None:
         runs = retrain_recorded(recorded, pool, test_images, names, work, args, log, init,
                                 stock_labels)
     else:
+        runs = {arm: {} for arm in args.arms}
         for seed in args.seeds:
             for arm, rounds in run_seed(seed, pool, test_images, names, work, args, log,
                                         init, stock_labels).items():

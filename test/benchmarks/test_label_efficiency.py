@@ -306,3 +306,13 @@ def test_a_second_run_in_the_same_work_folder_is_refused(tmp_path: Path) -> None
         bench.hold_work(tmp_path / "work")
     held.close()
     bench.hold_work(tmp_path / "work").close()  # free again once the first run ends
+
+
+def test_a_missing_or_broken_results_file_is_refused_before_any_training(
+        tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--retrain: .* does not exist"):
+        bench.main(["--retrain", str(tmp_path / "results_nowhere.json")])
+    broken = tmp_path / "results_broken.json"
+    broken.write_text('{"settings": ')  # cut off mid-write
+    with pytest.raises(SystemExit, match="--report: .* is not a results file"):
+        bench.main(["--report", str(broken)])
