@@ -110,19 +110,30 @@ def top_scores(scores: dict[int, float], k: int, rng: np.random.Generator) -> li
     return [keys[i] for i in order[:k]]
 
 
+def _rounds_all_seeds_have(by_seed: dict[Any, list[dict[str, Any]]]
+                           ) -> tuple[list[int], list[list[dict[str, Any]]]]:
+    """The round numbers every seed has, and for each, the seeds' results for it."""
+    keyed = [{r.get("round", i): r for i, r in enumerate(rounds)} for rounds in by_seed.values()]
+    numbers = sorted(set.intersection(*(set(k) for k in keyed)))
+    return numbers, [[k[n] for k in keyed] for n in numbers]
+
+
 def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Mean/std mAP per arm and round over seeds, and the label-efficiency verdict.
 
-    ``runs[arm][seed]`` is that arm's list of rounds (``labelled``, ``map``), round 0 first.
+    ``runs[arm][seed]`` is that arm's list of rounds (``labelled``, ``map``, optionally
+    ``round``), in order. The mean curves hold the rounds every seed of the arm has (a
+    retrain may have trained more rounds on one seed than another); each seed's own verdict
+    reads all of its rounds.
     """
     curves: dict[str, dict[str, Any]] = {}
     for arm, by_seed in runs.items():
-        rounds = list(zip(*by_seed.values()))
+        numbers, rounds = _rounds_all_seeds_have(by_seed)
         curves[arm] = {
             "labelled": [float(np.mean([r["labelled"] for r in rs])) for rs in rounds],
             "map_mean": [float(np.mean([r["map"] for r in rs])) for rs in rounds],
             "map_std": [float(np.std([r["map"] for r in rs])) for rs in rounds],
-            "round": [rs[0].get("round", i) for i, rs in enumerate(rounds)]}
+            "round": numbers}
         classes = sorted({c for rs in rounds for r in rs for c in r.get("map_per_class", {})})
         if classes:  # a class missing from a round's test results counts as 0
             curves[arm]["class_map_mean"] = {
@@ -707,17 +718,37 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def seed_table(runs: dict[str, dict[Any, list[dict[str, Any]]]]) -> str:
+    """Markdown table of each seed's mask mAP per arm and round: what the means average,
+    and the rounds only some seeds have ("–" where a seed has none)."""
+    at = {(arm, str(seed)): {r.get("round", i): r for i, r in enumerate(rounds)}
+          for arm, by_seed in runs.items() for seed, rounds in by_seed.items()}
+    labelled = {n: r["labelled"] for rounds in at.values() for n, r in rounds.items()}
+    numbers = sorted(labelled)
+    lines = ["| seed | arm |" + "".join(f" round {n} ({labelled[n]:.0f}) |" for n in numbers),
+             "|---:|---|" + "---:|" * len(numbers)]
+    for arm, seed in sorted(at, key=lambda k: (int(k[1]), list(runs).index(k[0]))):
+        lines.append(f"| {seed} | {arm} |" + "".join(
+            f" {at[arm, seed][n]['map']:.3f} |" if n in at[arm, seed] else " – |"
+            for n in numbers))
+    return "\n".join(lines)
+
+
 def verdict_lines(summary: dict[str, Any]) -> list[str]:
-    """One line per selection arm: labels it needs to reach random's final mAP."""
+    """One line per selection arm: labels it needs to reach random's final mAP (mean
+    curves), and the same ratio seed by seed."""
     lines = []
     for arm, v in summary["arms"].items():
         ratio = v["label_ratio"]
+        per_seed = ", ".join(f"{seed}: " + ("never" if r is None else f"{r:.0%}")
+                             for seed, r in v["label_ratio_per_seed"].items())
         lines.append(f"{arm} reaches random's final mask mAP50-95 "
                      f"{summary['random_final_map']:.3f} ({summary['random_final_labels']:.0f} "
                      "labels) with " + ("never (within these rounds)" if ratio is None else
                                         f"{v['labels_to_reach']:.0f} labels ({ratio:.0%}); "
                                         f"target <= {summary['target_ratio']:.0%}: "
-                                        f"{'met' if v['target_met'] else 'not met'}"))
+                                        f"{'met' if v['target_met'] else 'not met'}")
+                     + f" [per seed {per_seed}]")
     return lines
 
 
@@ -775,6 +806,8 @@ def report(result: dict[str, Any], png: Path) -> None:
     plot(summary, result["runs"], png, result["settings"].get("init", "scratch"),
          result["settings"].get("scenario", "uniform"))
     print("\n" + table(summary) + "\n")
+    if len(next(iter(result["runs"].values()))) > 1:
+        print(seed_table(result["runs"]) + "\n")
     if not summary["learned"]:
         print("random selection's model did not improve on the seed model: no verdict")
     print("\n".join(verdict_lines(summary)))

@@ -316,3 +316,25 @@ def test_a_missing_or_broken_results_file_is_refused_before_any_training(
     broken.write_text('{"settings": ')  # cut off mid-write
     with pytest.raises(SystemExit, match="--report: .* is not a results file"):
         bench.main(["--report", str(broken)])
+
+
+def test_means_only_average_rounds_every_seed_has() -> None:
+    # a retrain stopped after random's round 5 on seed 1 but went on to round 2 on seed 0:
+    # seed 0's round 2 must not be averaged with seed 1's round 5
+    def r(n: int, m: float) -> dict:
+        return {"round": n, "labelled": 24 * (n + 1), "map": m}
+
+    runs = {"random": {0: [r(2, 0.30), r(5, 0.34)], 1: [r(5, 0.32)]},
+            "balanced": {0: [r(2, 0.37)], 1: [r(2, 0.36)]}}
+    s = bench.summarise(runs)
+    assert s["curves"]["random"]["round"] == [5]
+    assert s["curves"]["random"]["map_mean"] == [pytest.approx(0.33)]
+    assert s["random_final_labels"] == 144
+    v = s["arms"]["balanced"]
+    assert v["labels_to_reach"] == 72 and v["target_met"] is True
+    assert v["label_ratio_per_seed"] == {"0": 0.5, "1": 0.5}
+    assert bench.verdict_lines(s)[0].endswith("[per seed 0: 50%, 1: 50%]")
+    assert bench.seed_table(runs).splitlines() == [
+        "| seed | arm | round 2 (72) | round 5 (144) |", "|---:|---|---:|---:|",
+        "| 0 | random | 0.300 | 0.340 |", "| 0 | balanced | 0.370 | – |",
+        "| 1 | random | – | 0.320 |", "| 1 | balanced | 0.360 | – |"]
