@@ -770,8 +770,12 @@ def plot(summary: dict[str, Any], runs: dict[str, Any], path: Path, init: str,
                "balanced": "tab:green"}
     for arm, c in curves.items():
         x, y, s = (np.array(c[k]) for k in ("labelled", "map_mean", "map_std"))
-        ax.plot(x, y, "o-", color=colours[arm], label=f"{arm} (mean of {len(runs[arm])} seeds)")
+        ax.plot(x, y, "o-", color=colours[arm],
+                label=f"{arm} (mean of {len(runs[arm])} seeds; dots: each seed)")
         ax.fill_between(x, y - s, y + s, color=colours[arm], alpha=0.15)
+        seeds = [r for rounds in runs[arm].values() for r in rounds]  # each seed's own rounds
+        ax.scatter([r["labelled"] for r in seeds], [r["map"] for r in seeds], s=10,
+                   color=colours[arm], alpha=0.4, zorder=3)
         reach = summary["arms"].get(arm, {}).get("labels_to_reach")
         if reach is not None:
             ax.axvline(reach, color=colours[arm], ls=":", lw=1)
