@@ -110,10 +110,16 @@ def top_scores(scores: dict[int, float], k: int, rng: np.random.Generator) -> li
     return [keys[i] for i in order[:k]]
 
 
+def _by_round(rounds: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """One seed's rounds keyed by round number (files from before retrains number them by
+    position)."""
+    return {r.get("round", i): r for i, r in enumerate(rounds)}
+
+
 def _rounds_all_seeds_have(by_seed: dict[Any, list[dict[str, Any]]]
                            ) -> tuple[list[int], list[list[dict[str, Any]]]]:
     """The round numbers every seed has, and for each, the seeds' results for it."""
-    keyed = [{r.get("round", i): r for i, r in enumerate(rounds)} for rounds in by_seed.values()]
+    keyed = [_by_round(rounds) for rounds in by_seed.values()]
     numbers = sorted(set.intersection(*(set(k) for k in keyed)))
     return numbers, [[k[n] for k in keyed] for n in numbers]
 
@@ -721,7 +727,7 @@ def table(summary: dict[str, Any]) -> str:
 def seed_table(runs: dict[str, dict[Any, list[dict[str, Any]]]]) -> str:
     """Markdown table of each seed's mask mAP per arm and round: what the means average,
     and the rounds only some seeds have ("–" where a seed has none)."""
-    at = {(arm, str(seed)): {r.get("round", i): r for i, r in enumerate(rounds)}
+    at = {(arm, str(seed)): _by_round(rounds)
           for arm, by_seed in runs.items() for seed, rounds in by_seed.items()}
     labelled = {n: r["labelled"] for rounds in at.values() for n, r in rounds.items()}
     numbers = sorted(labelled)
